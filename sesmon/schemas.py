@@ -166,7 +166,7 @@ NonNeg = Annotated[float, Field(ge=0)]
 
 
 class ElevatorTelemetry(DeviceMessage):
-    mode: ElevatorMode | None = None
+    mode: Annotated[ElevatorMode, Field(strict=False)] | None = None  # strict enums refuse their own text
     moving: bool | None = None
     direction: Literal["up", "down", "none"] | None = None
     floor: int | None = Field(None, ge=-20, le=300)

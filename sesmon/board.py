@@ -1,0 +1,154 @@
+"""The terminal board: what an operator sees where no Grafana runs.
+
+It reads only Kafka (``pipeline`` counters from every stage, and ``alerts``), so it can be
+pointed at a production cluster as well as at the embedded demo.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from sesmon.kafka import loads, make_reader
+from sesmon.schemas import ms_to_iso
+from sesmon.settings import Settings
+
+LEVEL_STYLE = {"P1": "bold white on red", "P2": "black on dark_orange", "P3": "black on yellow"}
+
+
+@dataclass
+class BoardState:
+    """Everything the board shows, folded from the Kafka records (testable without a screen)."""
+
+    started: float = field(default_factory=time.monotonic)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    firing: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts_seen: int = 0
+    resolved: int = 0
+    rates: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
+
+    def on_pipeline(self, record: dict[str, Any]) -> None:
+        stage = str(record.get("stage", "?"))
+        self.stages[stage] = record
+        now = time.monotonic()
+        for counter in ("produced", "processed", "delivered"):
+            if counter in record:
+                series = self.rates.setdefault(f"{stage}.{counter}", deque(maxlen=30))
+                series.append((now, float(record[counter])))
+
+    def on_alert(self, alert: dict[str, Any]) -> None:
+        self.alerts_seen += 1
+        if alert.get("state") == "firing":
+            self.firing[alert["alert_id"]] = alert
+        else:
+            self.resolved += 1
+            self.firing.pop(alert.get("alert_id", ""), None)
+
+    def rate(self, key: str, window_s: float = 5.0) -> float:
+        series = self.rates.get(key)
+        if not series or len(series) < 2:
+            return 0.0
+        t_last, v_last = series[-1]
+        t0, v0 = series[0]
+        for t, v in series:
+            if t_last - t <= window_s:
+                t0, v0 = t, v
+                break
+        return (v_last - v0) / (t_last - t0) if t_last > t0 else 0.0
+
+    def levels(self) -> dict[str, int]:
+        counts = {"P1": 0, "P2": 0, "P3": 0}
+        for alert in self.firing.values():
+            counts[alert.get("level", "P3")] = counts.get(alert.get("level", "P3"), 0) + 1
+        return counts
+
+    def summary(self) -> dict[str, Any]:
+        ingest = self.stages.get("ingest", {})
+        streams = self.stages.get("streams", {})
+        alerts = self.stages.get("alerts", {})
+        return {
+            "elapsed_s": round(time.monotonic() - self.started, 1),
+            "readings_per_s": round(self.rate("ingest.produced"), 1),
+            "received": ingest.get("received", 0),
+            "produced": ingest.get("produced", 0),
+            "dead_lettered": ingest.get("dead_lettered", 0),
+            "dead_letter_reasons": ingest.get("dead_letter_reasons", {}),
+            "processed": streams.get("processed", 0),
+            "online_units": streams.get("online_units", 0),
+            "alerts_seen": self.alerts_seen,
+            "firing": self.levels(),
+            "resolved": self.resolved,
+            "delivered": alerts.get("delivered", 0),
+            "rule_errors": streams.get("rule_errors", 0),
+        }
+
+
+def render(state: BoardState, title: str = "sesmon — Guangzhou special-equipment safety") -> Group:
+    s = state.summary()
+    head = Table.grid(expand=True, padding=(0, 2))
+    for _ in range(6):
+        head.add_column(justify="center")
+    firing = s["firing"]
+    head.add_row(
+        Text(f"{s['readings_per_s']:,.0f} readings/s", style="bold cyan"),
+        Text(f"{s['online_units']:,} units online", style="bold green"),
+        Text(f" P1 {firing['P1']} ", style=LEVEL_STYLE["P1"]),
+        Text(f" P2 {firing['P2']} ", style=LEVEL_STYLE["P2"]),
+        Text(f" P3 {firing['P3']} ", style=LEVEL_STYLE["P3"]),
+        Text(f"{s['dead_lettered']:,} dead letters", style="bold magenta" if s["dead_lettered"] else "dim"),
+    )
+    alerts = Table(expand=True, title="firing alerts (newest first)", title_justify="left")
+    for col in ("level", "rule", "unit", "district", "firm", "since (device time)"):
+        alerts.add_column(col)
+    newest = sorted(state.firing.values(), key=lambda a: a.get("opened_at", 0), reverse=True)[:15]
+    for alert in newest:
+        alerts.add_row(
+            Text(alert.get("level", "?"), style=LEVEL_STYLE.get(alert.get("level", ""), "")),
+            alert.get("title") or alert.get("rule", ""),
+            alert.get("device_id", ""),
+            alert.get("district", ""),
+            alert.get("firm_id", ""),
+            ms_to_iso(int(alert.get("opened_at", 0)))[11:19],
+        )
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["dead_letter_reasons"].items())) or "none"
+    foot = Text(
+        f"received {s['received']:,} · into Kafka {s['produced']:,} · evaluated {s['processed']:,} · "
+        f"alert changes {s['alerts_seen']:,} (resolved {s['resolved']:,}) · delivered {s['delivered']:,} · "
+        f"dead-letter reasons: {reasons} · up {s['elapsed_s']:.0f}s",
+        style="dim",
+    )
+    return Group(Panel(head, title=title), alerts, foot)
+
+
+class BoardFeed:
+    """Consumes pipeline counters and alerts into a :class:`BoardState`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = BoardState()
+        self.consumer: Consumer = make_reader(settings, ["pipeline", "alerts"])
+        self.alerts_topic = settings.topic("alerts")
+
+    def poll(self, timeout: float = 0.2) -> None:
+        for record in self.consumer.consume(2000, timeout):
+            if record.error():
+                continue
+            try:
+                data = loads(record.value())
+            except ValueError:
+                continue
+            if record.topic() == self.alerts_topic:
+                self.state.on_alert(data)
+            else:
+                self.state.on_pipeline(data)
+
+    def close(self) -> None:
+        self.consumer.close()

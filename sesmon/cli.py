@@ -1,0 +1,150 @@
+"""The ``sesmon`` command line (DESIGN.md §10)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sesmon.registry import Registry, RegistryError
+from sesmon.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    for name in ("mqtt_url", "kafka_url", "registry"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def _registry(settings: Settings) -> Registry | None:
+    return Registry.load(settings.registry) if settings.registry else None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sesmon.demo import run_demo
+
+    summary = run_demo(
+        duration=args.duration,
+        elevators=args.elevators,
+        boilers=args.boilers,
+        registry=args.registry,
+        simulator=not args.no_simulator,
+        mqtt_port=args.mqtt_port,
+        seed=args.seed,
+        faults=args.faults,
+        time_scale=args.time_scale,
+    )
+    return 0 if summary else 1
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest.bridge import run
+
+    settings = _settings(args)
+    run(settings, _registry(settings))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.app import run
+
+    settings = _settings(args)
+    sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
+    run(settings, _registry(settings), loglevel=args.loglevel)
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from alerts.publisher import run
+
+    run(_settings(args))
+    return 0
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.live import Live
+
+    from sesmon.board import BoardFeed, render
+
+    feed = BoardFeed(_settings(args))
+    try:
+        with Live(render(feed.state), refresh_per_second=2) as live:
+            while True:
+                feed.poll(0.5)
+                live.update(render(feed.state))
+                time.sleep(0)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        feed.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sesmon", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="embedded brokers + whole pipeline + simulated fleet + terminal board")
+    demo.add_argument("--duration", type=float, default=None, help="stop after S seconds (unattended runs)")
+    demo.add_argument("--elevators", type=int, default=2000)
+    demo.add_argument("--boilers", type=int, default=200)
+    demo.add_argument(
+        "--registry", type=Path, default=None, help="registry CSV (DESIGN.md §3) instead of a generated fleet"
+    )
+    demo.add_argument(
+        "--no-simulator", action="store_true", help="run all but the fleet; devices publish to the MQTT port"
+    )
+    demo.add_argument(
+        "--mqtt-port", type=int, default=None, help="MQTT port to listen on (default: a free one)"
+    )
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--faults", default="demo", choices=("none", "background", "demo"))
+    demo.add_argument("--time-scale", type=float, default=1.0)
+    demo.set_defaults(func=cmd_demo)
+
+    for name, func, helptext in (
+        ("ingest", cmd_ingest, "MQTT -> Kafka bridge (validate, dead-letter)"),
+        ("worker", cmd_worker, "Faust worker: rules, state, alerts"),
+        ("alerts", cmd_alerts, "deliver alerts to MQTT receivers and the alert log"),
+        ("board", cmd_board, "terminal board on a running pipeline"),
+    ):
+        stage = sub.add_parser(name, help=helptext)
+        stage.add_argument("--mqtt-url", default=None)
+        stage.add_argument("--kafka-url", default=None)
+        stage.add_argument("--registry", type=Path, default=None)
+        if name == "worker":
+            stage.add_argument("--loglevel", default="warn")
+        stage.set_defaults(func=func)
+
+    try:
+        from simulators.cli import register
+    except ImportError:  # the simulator package is optional for production stages
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except RegistryError as exc:
+        print(f"sesmon: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Kafka plumbing shared by the stages: topic names, topic creation, clients, stats records.
+
+The stages outside Faust use confluent-kafka (librdkafka): it batches in C, calls back on
+delivery (which the ingest bridge turns into MQTT acks) and, unlike aiokafka, can use
+Tansu's idempotent producer (stack.md K3).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from sesmon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: logical streams and what they hold; every one keyed by device_id unless said otherwise
+STREAMS = {
+    "telemetry": "validated device telemetry (Envelope JSON)",
+    "events": "validated device events",
+    "status": "online/offline, incl. LWT and deadman ticks",
+    "reports": "accident, maintenance, inspection (keyed by device_id) and hazard reports (by hazard_id)",
+    "dispatch": "responders' actions (keyed by alert_id)",
+    "alerts": "alert state changes from the rules (keyed by alert_id)",
+    "hazards": "hidden-danger records (keyed by hazard_id)",
+    "deadletter": "rejected input: raw bytes as value, reason in headers (keyed by MQTT topic)",
+    "late": "readings beyond the lateness bound, recorded not dropped",
+    "pipeline": "each stage's counters once a second (keyed by stage)",
+}
+
+
+def _quiet_logger() -> logging.Logger:
+    logger = logging.getLogger("librdkafka")
+    logger.setLevel(logging.ERROR)
+    return logger
+
+
+def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.kafka_bootstrap, "logger": _quiet_logger(), **extra}
+
+
+def ensure_topics(settings: Settings, streams: list[str] | None = None, timeout: float = 20.0) -> None:
+    """Create the sesmon topics with the configured partitions (same count: co-partitioned)."""
+    admin = AdminClient(client_config(settings))
+    names = [settings.topic(s) for s in (streams or list(STREAMS))]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=5).topics)
+            break
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    wanted = [NewTopic(n, settings.kafka_partitions, 1) for n in names if n not in existing]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+        log.debug("created topic %s", name)
+
+
+def make_producer(settings: Settings, **extra: Any) -> Producer:
+    conf = client_config(
+        settings,
+        **{
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 200_000,
+        },
+    )
+    conf.update(extra)
+    return Producer(conf)
+
+
+def make_consumer(settings: Settings, group: str, streams: list[str], **extra: Any) -> Consumer:
+    conf = client_config(
+        settings,
+        **{
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        },
+    )
+    conf.update(extra)
+    consumer = Consumer(conf)
+    consumer.subscribe([settings.topic(s) for s in streams])
+    return consumer
+
+
+def make_reader(settings: Settings, streams: list[str], from_beginning: bool = True) -> Consumer:
+    """A group-less reader of every partition (boards, tests, replay): no group join to wait for.
+
+    Tansu holds a consumer group's first join for half the session timeout (stack.md K8).
+    """
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+    consumer = Consumer(client_config(settings, **{"group.id": "sesmon-reader", "enable.auto.commit": False}))
+    metadata = consumer.list_topics(timeout=10)
+    offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    assignment = []
+    for stream in streams:
+        topic = metadata.topics.get(settings.topic(stream))
+        if topic is None:
+            raise KafkaException(f"topic {settings.topic(stream)} does not exist")
+        assignment += [TopicPartition(settings.topic(stream), p, offset) for p in topic.partitions]
+    consumer.assign(assignment)
+    return consumer
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def loads(data: bytes) -> Any:
+    return orjson.loads(data)
+
+
+def stats_record(stage: str, counters: dict[str, Any]) -> bytes:
+    return dumps({"stage": stage, "at": int(time.time() * 1000), **counters})

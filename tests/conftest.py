@@ -1,0 +1,97 @@
+"""Real servers for the tests: mosquitto per test, one Tansu Kafka broker per session.
+
+Tests isolate themselves on the shared Kafka broker by a unique topic prefix, consumer group
+and Faust app id (see the ``settings`` fixture), not by mocks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from sesmon.kafka import make_reader
+from sesmon.registry import Registry, write_registry
+from sesmon.services import ManagedProcess, start_kafka, start_mqtt
+from sesmon.settings import Settings
+from simulators.fleet import generate_fleet
+
+
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    server = start_kafka(tmp_path_factory.mktemp("tansu"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mqtt_server(tmp_path: Path) -> Iterator[ManagedProcess]:
+    server = start_mqtt(tmp_path / "mqtt")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_server: ManagedProcess, mqtt_server: ManagedProcess) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return Settings(
+        mqtt_url=f"mqtt://127.0.0.1:{mqtt_server.port}",
+        kafka_url=f"127.0.0.1:{kafka_server.port}",
+        data_dir=tmp_path / "state",
+        topic_prefix=f"t{tag}",
+        mqtt_client_id=f"ingest-{tag}",
+        faust_app_id=f"streams-{tag}",
+        kafka_partitions=2,
+    )
+
+
+@pytest.fixture(scope="session")
+def fleet_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    path = tmp_path_factory.mktemp("fleet") / "registry.csv"
+    write_registry(generate_fleet(40, 10, seed=11), path)
+    return Registry.load(path)
+
+
+def mqtt_client(settings: Settings, client_id: str = "") -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect(*settings.mqtt_host_port)
+    client.loop_start()
+    return client
+
+
+def publish_all(client: mqtt.Client, messages: list[tuple[str, bytes]], qos: int = 1) -> None:
+    """Publish and wait for every PUBACK; fail loudly on any refused publish."""
+    infos = []
+    for topic, payload in messages:
+        info = client.publish(topic, payload, qos=qos)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish refused rc={info.rc}"
+        infos.append(info)
+    for info in infos:
+        info.wait_for_publish(10)
+        assert info.is_published()
+
+
+def reading(device_id: str, seq: int, ts: int, kind: str = "elevator", **fields: Any) -> tuple[str, bytes]:
+    body = {"device_id": device_id, "ts": ts, "seq": seq, **fields}
+    return f"sesmon/v1/{kind}/{device_id}/telemetry", json.dumps(body).encode()
+
+
+def drain(settings: Settings, streams: list[str], until: Any, timeout: float = 30.0) -> list[Any]:
+    """Consume ``streams`` from the start until ``until(records)`` is true or time runs out."""
+    consumer = make_reader(settings, streams)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(records):
+            for record in consumer.consume(5000, 0.5):
+                if not record.error():
+                    records.append(record)
+    finally:
+        consumer.close()
+    return records

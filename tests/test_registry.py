@@ -1,0 +1,74 @@
+"""The fleet registry (DESIGN.md §3): round trip, clear errors, reload on change."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sesmon.registry import COLUMNS, Registry, RegistryError, write_registry
+from sesmon.schemas import Kind
+from simulators.fleet import generate_fleet
+
+
+def test_generated_registry_round_trips(tmp_path: Path) -> None:
+    units = generate_fleet(300, 30, seed=7)
+    path = tmp_path / "fleet.csv"
+    write_registry(units, path)
+    registry = Registry.load(path)
+    assert len(registry) == 330
+    assert registry.get(units[0].device_id) == units[0]
+    assert registry.kind_of(units[-1].device_id) == Kind.boiler
+    counts = registry.in_use_counts()
+    assert sum(counts.values()) == sum(1 for u in units if u.in_use)
+    assert path.read_text(encoding="utf-8").splitlines()[0] == ",".join(COLUMNS)
+
+
+def test_every_bad_line_reported_with_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    good = generate_fleet(2, 0, seed=1)[0].to_row()
+    rows = [
+        ",".join(COLUMNS),
+        ",".join(good[c] for c in COLUMNS),
+        ",".join({**good, "device_id": "bad id", "kind": "crane"}[c] for c in COLUMNS),
+        ",".join({**good, "rated_speed_mps": "fast"}[c] for c in COLUMNS),
+        ",".join(good[c] for c in COLUMNS),  # duplicate of line 2
+    ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(RegistryError) as info:
+        Registry.load(path)
+    text = str(info.value)
+    assert "line 3, column device_id" in text and "line 3, column kind" in text
+    assert "line 4, column rated_speed_mps" in text
+    assert "line 5: duplicate device_id" in text
+    assert len(info.value.problems) == 4
+
+
+def test_missing_columns_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "thin.csv"
+    path.write_text("device_id,kind\nX,elevator\n", encoding="utf-8")
+    with pytest.raises(RegistryError, match="lacks required column"):
+        Registry.load(path)
+    with pytest.raises(RegistryError, match="file not found"):
+        Registry.load(tmp_path / "nope.csv")
+
+
+def test_reload_on_change_keeps_old_on_broken_file(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.csv"
+    write_registry(generate_fleet(10, 0, seed=1), path)
+    registry = Registry.load(path)
+    assert not registry.reload_if_changed()
+    write_registry(generate_fleet(20, 0, seed=1), path)
+    os.utime(path, ns=(registry.mtime_ns + 10**9, registry.mtime_ns + 10**9))
+    assert registry.reload_if_changed() and len(registry) == 20
+    path.write_text("device_id,kind,district,firm_id,status\nX,crane,a,b,in_use\n", encoding="utf-8")
+    os.utime(path, ns=(registry.mtime_ns + 2 * 10**9,) * 2)
+    with pytest.raises(RegistryError):
+        registry.reload_if_changed()
+    assert len(registry) == 20  # the good registry stays in force
+
+
+def test_generation_is_deterministic() -> None:
+    assert generate_fleet(50, 5, seed=3) == generate_fleet(50, 5, seed=3)
+    assert generate_fleet(50, 5, seed=3) != generate_fleet(50, 5, seed=4)
