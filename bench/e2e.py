@@ -133,7 +133,7 @@ def main() -> None:
 
             def on_alert(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
                 alert = orjson.loads(msg.payload)
-                if alert.get("rule", "").startswith("overspeed") and alert.get("state") == "firing":
+                if alert.get("rule", "").endswith("overspeed") and alert.get("state") == "firing":
                     alert_at.setdefault(alert["device_id"], time.perf_counter())
 
             watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-alerts")

@@ -38,7 +38,7 @@ class BoardState:
     def on_pipeline(self, record: dict[str, Any]) -> None:
         stage = str(record.get("stage", "?"))
         self.stages[stage] = record
-        now = time.monotonic()
+        now = float(record.get("at", 0)) / 1000 or time.time()  # the stage's clock, not our poll's
         for counter in ("produced", "processed", "delivered"):
             if counter in record:
                 series = self.rates.setdefault(f"{stage}.{counter}", deque(maxlen=30))
@@ -53,16 +53,15 @@ class BoardState:
             self.firing.pop(alert.get("alert_id", ""), None)
 
     def rate(self, key: str, window_s: float = 5.0) -> float:
+        """Per-second rate of a counter over the last ``window_s`` of the stage's own reports."""
         series = self.rates.get(key)
         if not series or len(series) < 2:
             return 0.0
         t_last, v_last = series[-1]
-        t0, v0 = series[0]
-        for t, v in series:
-            if t_last - t <= window_s:
-                t0, v0 = t, v
-                break
-        return (v_last - v0) / (t_last - t0) if t_last > t0 else 0.0
+        t0, v0 = next(((t, v) for t, v in series if t_last - t <= window_s), series[0])
+        if t_last - t0 < 0.5:  # two reports too close together say nothing about a rate
+            t0, v0 = series[0]
+        return max(0.0, (v_last - v0) / (t_last - t0)) if t_last - t0 >= 0.5 else 0.0
 
     def levels(self) -> dict[str, int]:
         counts = {"P1": 0, "P2": 0, "P3": 0}

@@ -1,6 +1,19 @@
-"""Generate a plausible Guangzhou fleet registry, deterministic from a seed.
+"""Generate a plausible Guangzhou fleet registry (DESIGN.md §3), deterministic from a seed.
 
-Districts, coordinates, firms and rated parameters follow domain.md §1.5, §2.2 and §2.4.
+Why buildings: elevators come in groups that share an address, a user unit (property
+firm), a maintenance firm and a building type, and a registry with each car in its own
+random building would make per-firm and per-site metrics meaningless.
+
+- device_id: a 20-digit 设备注册代码 (type code 4 + GB/T 2260 district code 6 + year of
+  registration 4 + serial 6), as real registries use;
+- districts weighted by stock, coordinates scattered around each district centre;
+- maintenance firms: a few dozen with Zipf-like sizes (a few big, many small);
+- elevators: residential / office / commercial buildings with matching floors, speeds
+  (1.0–4 m/s) and loads (630–1600 kg) (domain.md §1.5);
+- boilers: steam 2–20 t/h at 1.25–2.5 MPa with the lower safety-valve setting of
+  domain.md §2.4, and hot-water boilers (0.7–7 MW) with 1.10 P (≥ P + 0.07);
+- inspection dates: elevators on the TSG T7001-2023 cycle (years 1, 4, 7, 9, 11, 13, 15,
+  then yearly), boilers' external inspection yearly; a few per cent overdue (超期未检).
 """
 
 from __future__ import annotations
@@ -11,22 +24,35 @@ from datetime import date, timedelta
 from sesmon.registry import DISTRICTS, Unit
 from sesmon.schemas import Kind
 
-# rough district centres (lat, lon) and share of the city's elevators
-DISTRICT_CENTRES: dict[str, tuple[float, float, float]] = {
-    "越秀": (23.129, 113.267, 0.12),
-    "海珠": (23.084, 113.317, 0.12),
-    "荔湾": (23.125, 113.244, 0.08),
-    "天河": (23.125, 113.361, 0.18),
-    "白云": (23.158, 113.273, 0.14),
-    "黄埔": (23.106, 113.459, 0.08),
-    "番禺": (22.938, 113.384, 0.12),
-    "花都": (23.404, 113.220, 0.05),
-    "南沙": (22.801, 113.525, 0.04),
-    "从化": (23.548, 113.586, 0.02),
-    "增城": (23.290, 113.829, 0.05),
+# district -> (lat, lon, share of the city's elevators, GB/T 2260 code)
+DISTRICT_INFO: dict[str, tuple[float, float, float, str]] = {
+    "越秀": (23.129, 113.267, 0.12, "440104"),
+    "海珠": (23.084, 113.317, 0.12, "440105"),
+    "荔湾": (23.125, 113.244, 0.08, "440103"),
+    "天河": (23.125, 113.361, 0.18, "440106"),
+    "白云": (23.158, 113.273, 0.14, "440111"),
+    "黄埔": (23.106, 113.459, 0.08, "440112"),
+    "番禺": (22.938, 113.384, 0.12, "440113"),
+    "花都": (23.404, 113.220, 0.05, "440114"),
+    "南沙": (22.801, 113.525, 0.04, "440115"),
+    "从化": (23.548, 113.586, 0.02, "440117"),
+    "增城": (23.290, 113.829, 0.05, "440118"),
 }
+DISTRICT_CENTRES = {d: (lat, lon, w) for d, (lat, lon, w, _) in DISTRICT_INFO.items()}
 KEY_SITES = ("school", "hospital", "station", "mall", "kindergarten", "stadium", "park")
-STREETS = ("中山路", "环市路", "天河路", "江南大道", "解放路", "黄埔大道", "广州大道", "工业大道", "新港路")
+STREETS = ("中山路", "环市路", "天河路", "江南大道", "解放路", "黄埔大道", "广州大道", "工业大道", "新港路",
+           "东风路", "人民路", "滨江路", "花城大道", "市桥路", "广园路")  # fmt: skip
+# elevator periodic-inspection years after registration (TSG T7001-2023), yearly after 15
+INSPECTION_YEARS = (1, 4, 7, 9, 11, 13, 15)
+OVERDUE_SHARE = 0.03
+
+# building type -> (weight, floors choices, cars per building); commercial/public are key sites
+BUILDINGS: dict[str, tuple[float, tuple[int, ...], tuple[int, int]]] = {
+    "residential": (0.68, (6, 7, 9, 11, 18, 24, 28, 32, 33), (1, 4)),
+    "office": (0.12, (12, 20, 28, 38, 45, 60), (3, 8)),
+    "commercial": (0.14, (4, 5, 6, 8, 10), (2, 8)),
+    "public": (0.06, (4, 6, 8, 12, 16), (1, 4)),
+}
 
 
 def steam_valve_setting(working_mpa: float) -> float:
@@ -38,75 +64,163 @@ def steam_valve_setting(working_mpa: float) -> float:
     return round(1.05 * working_mpa, 3)
 
 
-def _firms(rng: random.Random, count: int) -> list[tuple[str, float]]:
+def hot_water_valve_setting(working_mpa: float) -> float:
+    """Lower hot-water safety-valve setting: 1.10 P, at least P + 0.07 (domain.md §2.4)."""
+    return round(max(1.10 * working_mpa, working_mpa + 0.07), 3)
+
+
+def _anniversary(registered: date, years: int) -> date:
+    try:
+        return registered.replace(year=registered.year + years)
+    except ValueError:  # 29 February
+        return registered.replace(year=registered.year + years, day=28)
+
+
+def elevator_inspection_dates(registered: date, today: date) -> tuple[date | None, date]:
+    """(last periodic inspection, next due) on the TSG T7001-2023 cycle, anchored to acceptance."""
+    age = today.year - registered.year + 1
+    years = [y for y in INSPECTION_YEARS] + list(range(16, max(17, age + 3)))
+    last: date | None = None
+    for y in years:
+        due = _anniversary(registered, y)
+        if due > today:
+            return last, due
+        last = due
+    return last, _anniversary(registered, years[-1] + 1)
+
+
+def _firms(count: int) -> list[tuple[str, float]]:
     """Maintenance firms with Zipf-like sizes: a few big ones, many small."""
-    return [(f"F{idx:03d}", 1.0 / (idx**0.8)) for idx in range(1, count + 1)]
+    return [(f"F{idx:03d}", 1.0 / (idx**0.9)) for idx in range(1, count + 1)]
 
 
 def generate_fleet(elevators: int, boilers: int, seed: int = 1, today: date | None = None) -> list[Unit]:
+    """N elevators and M boilers over Guangzhou's 11 districts; same seed, same fleet."""
     rng = random.Random(seed)
     today = today or date(2026, 11, 1)
-    firms = _firms(rng, max(3, min(40, elevators // 60 + 3)))
+    firms = _firms(max(3, min(48, elevators // 50 + 3)))
     firm_ids = [f for f, _ in firms]
     firm_weights = [w for _, w in firms]
-    districts = list(DISTRICT_CENTRES)
-    weights = [DISTRICT_CENTRES[d][2] for d in districts]
+    districts = list(DISTRICT_INFO)
+    weights = [DISTRICT_INFO[d][2] for d in districts]
+    n_user_units = max(1, (elevators + boilers) // 6)
     units: list[Unit] = []
+    serial = 0
 
-    def place(prefix: str, idx: int) -> dict[str, object]:
-        district = rng.choices(districts, weights)[0]
-        lat, lon, _ = DISTRICT_CENTRES[district]
-        registered = today - timedelta(days=rng.randint(60, 25 * 365))
-        last_insp = today - timedelta(days=rng.randint(10, 700))
-        due = last_insp + timedelta(days=365 * rng.choice((1, 1, 2, 3)))
-        if rng.random() < 0.02:  # a few 超期未检
-            due = today - timedelta(days=rng.randint(1, 120))
+    def reg_code(type_code: str, district: str, registered: date) -> str:
+        nonlocal serial
+        serial += 1
+        return f"{type_code}{DISTRICT_INFO[district][3]}{registered.year:04d}{serial:06d}"
+
+    def site(district: str) -> dict[str, object]:
+        lat, lon, _, _ = DISTRICT_INFO[district]
+        spread = 0.02 if district in ("越秀", "荔湾", "海珠", "天河") else 0.05
         return {
             "district": district,
             "address": f"广州市{district}区{rng.choice(STREETS)}{rng.randint(1, 999)}号",
-            "lat": round(lat + rng.gauss(0, 0.03), 5),
-            "lon": round(lon + rng.gauss(0, 0.03), 5),
-            "user_unit_id": f"U{rng.randint(1, max(1, (elevators + boilers) // 8)):05d}",
+            "lat": round(lat + rng.gauss(0, spread), 5),
+            "lon": round(lon + rng.gauss(0, spread), 5),
+            "user_unit_id": f"U{rng.randint(1, n_user_units):05d}",
             "firm_id": rng.choices(firm_ids, firm_weights)[0],
-            "key_site": rng.choice(KEY_SITES) if rng.random() < 0.12 else "",
-            "registered_on": registered,
-            "last_inspection": last_insp,
-            "next_inspection_due": due,
-            "status": "in_use" if rng.random() > 0.01 else "suspended",
         }
 
-    for idx in range(elevators):
-        floors = rng.choice((6, 8, 11, 18, 24, 28, 33, 45))
+    def status() -> str:
+        x = rng.random()
+        return "in_use" if x < 0.98 else "suspended" if x < 0.995 else "scrapped"
+
+    kinds = list(BUILDINGS)
+    bweights = [BUILDINGS[k][0] for k in kinds]
+    made = 0
+    while made < elevators:
+        btype = rng.choices(kinds, bweights)[0]
+        _, floor_choices, (lo, hi) = BUILDINGS[btype]
+        district = rng.choices(districts, weights)[0]
+        where = site(district)
+        floors = rng.choice(floor_choices)
+        if btype == "commercial":
+            key_site = rng.choice(("mall", "mall", "station", "stadium"))
+        elif btype == "public":
+            key_site = rng.choice(("school", "hospital", "hospital", "kindergarten", "park"))
+        else:
+            key_site = ""
         speed = 1.0 if floors <= 8 else 1.75 if floors <= 18 else 2.5 if floors <= 33 else 4.0
-        units.append(
-            Unit(
-                device_id=f"GZE{idx:07d}",
-                kind=Kind.elevator,
-                type_code=rng.choices(("3110", "3120"), (0.93, 0.07))[0],
-                rated_speed_mps=speed,
-                rated_load_kg=rng.choice((630, 800, 1000, 1050, 1350, 1600)),
-                floors=floors,
-                **place("E", idx),  # type: ignore[arg-type]
+        if btype == "office" and floors >= 20:
+            speed = rng.choice((2.5, 3.0, 4.0))
+        registered = today - timedelta(days=rng.randint(60, 25 * 365))
+        for _ in range(min(rng.randint(lo, hi), elevators - made)):
+            freight = btype in ("commercial", "public") and rng.random() < 0.12
+            type_code = "3120" if freight else "3110"
+            last, due = elevator_inspection_dates(registered, today)
+            if rng.random() < OVERDUE_SHARE:  # 超期未检: the last due date passed without a pass
+                due = today - timedelta(days=rng.randint(1, 200))
+                last = _anniversary(due, -1) if last is None or last >= due else last
+            load = (
+                rng.choice((1000, 1350, 1600, 2000))
+                if freight
+                else rng.choice((630, 800, 1000, 1050, 1350, 1600))
             )
-        )
-    for idx in range(boilers):
+            units.append(
+                Unit(
+                    device_id=reg_code(type_code, district, registered),
+                    kind=Kind.elevator,
+                    type_code=type_code,
+                    key_site=key_site,
+                    rated_speed_mps=0.5 if freight else speed,
+                    rated_load_kg=float(min(load, 1600)),
+                    floors=floors,
+                    registered_on=registered,
+                    last_inspection=last,
+                    next_inspection_due=due,
+                    status=status(),
+                    **where,  # type: ignore[arg-type]
+                )
+            )
+            made += 1
+    for _ in range(boilers):
+        district = rng.choices(districts, weights)[0]
+        where = site(district)
         steam = rng.random() < 0.6
-        pressure = rng.choice((1.25, 1.25, 1.6, 2.5)) if steam else rng.choice((0.7, 1.0, 1.25))
+        registered = today - timedelta(days=rng.randint(200, 20 * 365))
+        last = today - timedelta(days=rng.randint(1, 364))
+        due = _anniversary(last, 1)
+        if rng.random() < OVERDUE_SHARE:
+            due = today - timedelta(days=rng.randint(1, 150))
+            last = _anniversary(due, -1)
+        if steam:
+            pressure = rng.choice((1.25, 1.25, 1.25, 1.6, 2.5))
+            extra = {
+                "type_code": "1100",
+                "capacity_tph": float(rng.choice((2, 4, 4, 6, 8, 10, 15, 20))),
+                "safety_valve_set_mpa": steam_valve_setting(pressure),
+            }
+        else:
+            pressure = rng.choice((0.7, 1.0, 1.0, 1.25))
+            extra = {
+                "type_code": "1200",
+                "capacity_mw": rng.choice((0.7, 1.4, 2.8, 2.8, 4.2, 7.0)),
+                "safety_valve_set_mpa": hot_water_valve_setting(pressure),
+            }
         units.append(
             Unit(
-                device_id=f"GZB{idx:07d}",
+                device_id=reg_code(str(extra["type_code"]), district, registered),
                 kind=Kind.boiler,
-                type_code="1100" if steam else "1200",
+                key_site=rng.choice(("hospital", "school", "")) if rng.random() < 0.25 else "",
                 rated_pressure_mpa=pressure,
-                capacity_tph=rng.choice((2, 4, 6, 10, 15, 20)) if steam else None,
-                capacity_mw=None if steam else rng.choice((1.4, 2.8, 4.2, 7.0)),
-                safety_valve_set_mpa=steam_valve_setting(pressure)
-                if steam
-                else round(max(1.10 * pressure, pressure + 0.07), 3),
-                **place("B", idx),  # type: ignore[arg-type]
+                registered_on=registered,
+                last_inspection=last,
+                next_inspection_due=due,
+                status=status(),
+                **extra,  # type: ignore[arg-type]
+                **where,  # type: ignore[arg-type]
             )
         )
     return units
 
 
-__all__ = ["DISTRICTS", "generate_fleet", "steam_valve_setting"]
+__all__ = [
+    "DISTRICTS",
+    "elevator_inspection_dates",
+    "generate_fleet",
+    "hot_water_valve_setting",
+    "steam_valve_setting",
+]

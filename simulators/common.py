@@ -1,0 +1,185 @@
+"""Pieces every simulated device shares: the outgoing message, seq/ts stamping, helpers.
+
+Models never do I/O: they append :class:`Msg` records to an outbox list owned by the
+engine, stamped with *simulated* time, so the same seed always yields the same stream and
+tests can run a simulated day in a second.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+TOPIC_ROOT = "sesmon/v1"
+CST = timezone(timedelta(hours=8))  # Guangzhou local time, used for daily usage profiles
+
+
+@dataclass(slots=True)
+class Msg:
+    """One message as a device would send it.
+
+    ``t`` is the simulated time (epoch ms) at which it leaves the device (the network layer
+    may move it); ``body`` is a dict (serialised late) or raw bytes (LWT words, malformed).
+    """
+
+    t: int
+    topic: str
+    body: dict[str, Any] | bytes
+    retain: bool = False
+    device_id: str = ""
+    leaf: str = ""  # telemetry | event | status | report | dispatch
+
+    def payload(self) -> bytes:
+        import orjson
+
+        if isinstance(self.body, bytes):
+            return self.body
+        return orjson.dumps(self.body)
+
+
+def device_topic(kind: str, device_id: str, leaf: str) -> str:
+    return f"{TOPIC_ROOT}/{kind}/{device_id}/{leaf}"
+
+
+def iso_ms(ms: int, tz: timezone = CST) -> str:
+    """RFC 3339 with offset, as some terminals send it (millisecond precision)."""
+    return datetime.fromtimestamp(ms / 1000, tz=tz).isoformat(timespec="milliseconds")
+
+
+def local_hour(ms: int) -> float:
+    """Hour of day in Guangzhou (UTC+8) as a float, for usage profiles."""
+    return ((ms / 3_600_000.0) + 8.0) % 24.0
+
+
+def utc_date(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).date().isoformat()
+
+
+def lognormal_s(rng: random.Random, median_s: float, sigma: float) -> float:
+    """Log-normal duration with a given median: how response and repair times are spread."""
+    return median_s * math.exp(rng.gauss(0.0, sigma))
+
+
+def unit_rng(seed: int, device_id: str, salt: str = "") -> random.Random:
+    """Per-device generator: string seeds hash deterministically (sha512), unlike hash()."""
+    return random.Random(f"{seed}:{device_id}:{salt}")
+
+
+@dataclass
+class Device:
+    """Stamping shared by elevator and boiler models: seq, device time (with skew), topics."""
+
+    device_id: str
+    kind: str
+    outbox: list[Msg]
+    seq: int = 0
+    skew_ms: int = 0  # device clock error; the network layer may set it
+    iso_ts: bool = False  # some terminals send RFC 3339 text instead of epoch ms
+    online: bool = True
+    _topics: dict[str, str] = field(default_factory=dict)
+
+    def topic(self, leaf: str) -> str:
+        top = self._topics.get(leaf)
+        if top is None:
+            top = self._topics[leaf] = device_topic(self.kind, self.device_id, leaf)
+        return top
+
+    def stamp(self, t: int) -> tuple[int | str, int]:
+        self.seq += 1
+        dev_t = t + self.skew_ms
+        return (iso_ms(dev_t) if self.iso_ts else dev_t), self.seq
+
+    def send(self, t: int, leaf: str, body: dict[str, Any], retain: bool = False) -> None:
+        ts, seq = self.stamp(t)
+        msg = {"device_id": self.device_id, "ts": ts, "seq": seq}
+        msg.update(body)
+        self.outbox.append(Msg(t, self.topic(leaf), msg, retain, self.device_id, leaf))
+
+    def event(self, t: int, code: str, state: str = "occur", **detail: Any) -> None:
+        self.send(t, "event", {"code": code, "state": state, "detail": detail})
+
+    def status(self, t: int, status: str = "online") -> None:
+        self.send(t, "status", {"status": status}, retain=True)
+
+    def lwt_offline(self, t: int) -> None:
+        """What the broker publishes for a terminal whose connection died: the bare Will."""
+        self.outbox.append(Msg(t, self.topic("status"), b"offline", True, self.device_id, "status"))
+
+
+def steam_saturation_c(p_gauge_mpa: float) -> float:
+    """Saturation temperature (°C) at a gauge pressure: IAPWS-IF97 region-4 backward equation.
+
+    Closed form, so no iapws/CoolProp dependency; matches domain.md §2.2 (184 °C at 1.0 MPa g).
+    """
+    n = _IF97_N4
+    p = max(p_gauge_mpa + 0.101325, 0.000611213)
+    b = p**0.25
+    e = b * b + n[3] * b + n[6]
+    f = n[1] * b * b + n[4] * b + n[7]
+    g = n[2] * b * b + n[5] * b + n[8]
+    d = 2 * g / (-f - math.sqrt(f * f - 4 * e * g))
+    t_k = (n[10] + d - math.sqrt((n[10] + d) ** 2 - 4 * (n[9] + n[10] * d))) / 2
+    return t_k - 273.15
+
+
+_IF97_N4 = (
+    0.0,
+    0.11670521452767e4,
+    -0.72421316703206e6,
+    -0.17073846940092e2,
+    0.12020824702470e5,
+    -0.32325550322333e7,
+    0.14915108613530e2,
+    -0.48232657361591e4,
+    0.40511340542057e6,
+    -0.23855557567849,
+    0.65017534844798e3,
+)
+
+
+def flue_loss_pct(flue_c: float, o2_pct: float, air_c: float = 20.0) -> float:
+    """Siegert flue-gas loss q2 for natural gas (domain.md §2.5)."""
+    return max(0.0, (flue_c - air_c) * (0.66 / max(21.0 - o2_pct, 0.5) + 0.009))
+
+
+# GB/T 24476 service-mode codes (DESIGN.md §2: names are canonical, codes also accepted)
+MODE_CODE = {
+    "out_of_service": 0,
+    "normal": 1,
+    "inspection": 2,
+    "fire_recall": 3,
+    "firefighter": 4,
+    "emergency_power": 5,
+    "earthquake": 6,
+    "unknown": 7,
+}
+
+
+def _names_accepted() -> bool:
+    """Does the installed ingest validator accept ``mode`` as a name?
+
+    sesmon.schemas at the time of writing validates ``mode`` strictly against the enum and
+    so rejects the JSON string ``"normal"`` (it accepts the numeric GB/T code). Until that
+    is fixed we send the code, which the validator maps to the same name; once names pass,
+    we send names, the canonical form.
+    """
+    try:
+        import orjson
+
+        from sesmon.schemas import parse_mqtt
+
+        body = orjson.dumps({"device_id": "X", "ts": 1_800_000_000_000, "seq": 1, "mode": "normal"})
+        parse_mqtt("sesmon/v1/elevator/X/telemetry", body, 1_800_000_000_000)
+        return True
+    except Exception:
+        return False
+
+
+MODE_AS_NAME = _names_accepted()
+
+
+def mode_value(mode: str) -> str | int:
+    return mode if MODE_AS_NAME else MODE_CODE[mode]
