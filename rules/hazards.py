@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from sesmon.schemas import hazard_device_id as hazard_device_id  # re-exported: the id format is a contract
+
 DAY_MS = 86_400_000
 SUPERVISION = ("none", "district", "city", "province")
 ACTIONS = ("rectified", "verified", "reopened", "supervise")
@@ -63,14 +65,6 @@ class Hazard(BaseModel):
 def hazard_id_for(device_id: str, source: str, opened_ms: int) -> str:
     """Deterministic id: the same finding in a re-processed stream gets the same id."""
     return f"HZ.{device_id}.{source}.{opened_ms}"
-
-
-def hazard_device_id(hazard_id: str) -> str | None:
-    """The unit a hazard id belongs to (for routing a hazard report), or None if not ours."""
-    parts = hazard_id.split(".")
-    if len(parts) != 4 or parts[0] != "HZ" or not parts[1]:
-        return None
-    return parts[1]
 
 
 def new_hazard(

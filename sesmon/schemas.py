@@ -488,12 +488,28 @@ def _parse_device(
     )
 
 
+def hazard_device_id(hazard_id: str) -> str | None:
+    """The unit a sesmon hazard id (``HZ.{device_id}.{source}.{opened_ms}``) belongs to.
+
+    Hazard reports carry only the hazard id; routing them by this unit keeps them on the
+    same Kafka partition as the unit's state.
+    """
+    parts = hazard_id.split(".")
+    if len(parts) != 4 or parts[0] != "HZ" or not DEVICE_ID_RE.match(parts[1]):
+        return None
+    return parts[1]
+
+
 def _parse_report(topic: str, report: str, payload: bytes, received_ms: int, known_device: Any) -> Envelope:
     model = REPORT_MODELS.get(report)
     if model is None:
         raise BadInput("bad_topic", f"{report!r} is not one of {sorted(REPORT_MODELS)}")
     msg = _validate(model, _load_json(payload))
     device_id = getattr(msg, "device_id", None)
+    if isinstance(msg, HazardReport):
+        device_id = hazard_device_id(msg.hazard_id)
+        if device_id is None:
+            raise BadInput("unknown_hazard", f"{msg.hazard_id!r} is not a sesmon id HZ.<unit>.<source>.<ms>")
     if device_id is not None:
         _check_known(known_device, device_id, None)
     return Envelope(

@@ -73,6 +73,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
     status_topic = app.topic(settings.topic("status"), key_serializer="raw", value_serializer="raw")
     alerts_topic = app.topic(settings.topic("alerts"), key_serializer="raw", value_serializer="raw")
     hazards_topic = app.topic(settings.topic("hazards"), key_serializer="raw", value_serializer="raw")
+    deadletter_topic = app.topic(settings.topic("deadletter"), key_serializer="raw", value_serializer="raw")
     late_topic = app.topic(settings.topic("late"), key_serializer="raw", value_serializer="raw")
     pipeline_topic = app.topic(settings.topic("pipeline"), key_serializer="raw", value_serializer="raw")
     state_table = app.Table(
@@ -103,7 +104,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
                 counters["undecodable"] += 1  # ingest validated it; only a foreign producer gets here
                 continue
             device_id = env.get("device_id")
-            if not device_id:  # hazard reports are keyed by hazard_id, handled elsewhere
+            if not device_id:  # ingest gives every device-bound message its unit
                 counters["skipped_no_device"] += 1
                 continue
             unit = registry.get(device_id) if registry is not None else None
@@ -126,7 +127,18 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
                 counters["rule_errors"] += 1
                 log.exception("rules failed on %s", env.get("mqtt_topic"))
                 continue
-            state_table[device_id] = out.state  # the engine may change the dict in place: always write
+            if out.state:  # the engine may change the dict in place: always write it back
+                state_table[device_id] = out.state
+            for reason in getattr(out, "rejected", ()) or ():
+                # valid message the rules cannot apply (unknown hazard, action out of order...)
+                counters["rejected_by_rules"] += 1
+                headers = [
+                    ("mqtt_topic", str(env.get("mqtt_topic", "")).encode()),
+                    ("reason", b"rejected_by_rules"),
+                    ("detail", reason.encode()[:1000]),
+                    ("received_ms", str(env.get("received_ms", "")).encode()),
+                ]
+                await deadletter_topic.send(key=device_id.encode(), value=event.value, headers=headers)
             counters["ticks_processed" if env.get("type") == "tick" else "processed"] += 1
             if env.get("received_ms"):
                 counters["lag_ms_last"] = int(time.time() * 1000) - int(env["received_ms"])

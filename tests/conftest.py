@@ -95,3 +95,6 @@ def drain(settings: Settings, streams: list[str], until: Any, timeout: float = 3
     finally:
         consumer.close()
     return records
+
+
+from tests.pipeline_support import pipeline  # noqa: E402,F401  (fixture shared by pipeline tests)

@@ -8,76 +8,17 @@ redelivered fault does not page twice.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
 
-from sesmon.demo import Stage, wait_for_ingest
-from sesmon.kafka import ensure_topics
 from sesmon.registry import Registry, Unit
 from sesmon.settings import Settings
 from tests.conftest import drain, mqtt_client, publish_all, reading
-
-
-class AlertInbox:
-    """An MQTT subscriber on sesmon/v1/alerts/# that keeps (topic, alert) pairs."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.items: list[tuple[str, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-inbox")
-        self.client.on_message = self._on_message
-        self.client.connect(*settings.mqtt_host_port)
-        self.client.subscribe("sesmon/v1/alerts/#", qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.items.append((msg.topic, orjson.loads(msg.payload)))
-
-    def firing(self) -> list[tuple[str, dict[str, Any]]]:
-        with self.lock:
-            return [(t, a) for t, a in self.items if a["state"] == "firing"]
-
-    def wait(self, predicate: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return True
-            time.sleep(0.2)
-        return bool(predicate(self))
-
-
-@pytest.fixture
-def pipeline(settings: Settings, fleet_registry: Registry, tmp_path: Path) -> Iterator[Settings]:
-    assert fleet_registry.path is not None
-    env = {
-        "SESMON_MQTT_URL": settings.mqtt_url or "",
-        "SESMON_KAFKA_URL": settings.kafka_url or "",
-        "SESMON_DATA_DIR": str(settings.data_dir),
-        "SESMON_REGISTRY": str(fleet_registry.path),
-        "SESMON_TOPIC_PREFIX": settings.topic_prefix,
-        "SESMON_MQTT_CLIENT_ID": settings.mqtt_client_id,
-        "SESMON_FAUST_APP_ID": settings.faust_app_id,
-        "SESMON_KAFKA_PARTITIONS": str(settings.kafka_partitions),
-    }
-    ensure_topics(settings)
-    stages = [
-        Stage(name, [name], env, tmp_path / "logs" / f"{name}.log").start()
-        for name in ("alerts", "worker", "ingest")
-    ]
-    assert wait_for_ingest(settings), "ingest bridge did not subscribe"
-    yield settings
-    for stage in reversed(stages):
-        stage.stop()
-    assert all(not s.alive for s in stages)
+from tests.pipeline_support import AlertInbox
 
 
 def units_of(registry: Registry, kind: str, steam: bool | None = None) -> list[Unit]:
@@ -273,3 +214,62 @@ def _accounted(settings: Settings, records: list[Any], published: int) -> bool:
         and streams["processed"] >= ingest["produced"]
         and ingest["produced"] > 0
     )
+
+
+def test_hidden_danger_loop_through_the_pipeline(pipeline: Settings, fleet_registry: Registry) -> None:
+    """开门走车 opens a major hazard; the firm's and inspector's reports close it, in Kafka."""
+    settings = pipeline
+    unit = units_of(fleet_registry, "elevator")[-1]
+    client = mqtt_client(settings)
+    now = int(time.time() * 1000) - 60_000
+    moving_open = {
+        "mode": "normal",
+        "moving": True,
+        "direction": "up",
+        "speed_mps": 0.5,
+        "door": "open",
+        "door_zone": False,
+        "occupied": True,
+        "floor": 2,
+    }
+    event = json.dumps(
+        {"device_id": unit.device_id, "ts": now, "seq": 1, "code": "unintended_movement", "state": "occur"}
+    ).encode()
+    publish_all(
+        client,
+        [
+            (f"sesmon/v1/elevator/{unit.device_id}/event", event),
+            reading(unit.device_id, 2, now + 500, **moving_open),
+        ],
+    )
+
+    def hazards(records: list[Any]) -> list[dict[str, Any]]:
+        return [h for h in (orjson.loads(r.value()) for r in records) if h["device_id"] == unit.device_id]
+
+    opened = hazards(drain(settings, ["hazards"], lambda r: bool(hazards(r)), timeout=60))
+    assert opened, "开门走车 must open a hidden danger"
+    hazard = opened[0]
+    assert (
+        hazard["grade"] == "major"
+        and hazard["status"] == "reported"
+        and hazard["source"] == "unintended_movement"
+    )
+    assert hazard["hazard_id"].startswith(f"HZ.{unit.device_id}.")
+    for seq, (action, by) in enumerate((("rectified", unit.firm_id), ("verified", "inspector-7")), start=10):
+        report = {"hazard_id": hazard["hazard_id"], "action": action, "by": by, "ts": now + seq * 60_000}
+        publish_all(client, [("sesmon/v1/reports/hazard", json.dumps(report).encode())])
+    closed = drain(
+        settings, ["hazards"], lambda r: any(h["status"] == "closed" for h in hazards(r)), timeout=60
+    )
+    statuses = [h["status"] for h in hazards(closed) if h["hazard_id"] == hazard["hazard_id"]]
+    assert statuses[-2:] == ["rectified", "closed"], statuses
+    # a report for a hazard nobody opened is dead-lettered with the rules' reason, not lost
+    bogus = {"hazard_id": f"HZ.{unit.device_id}.door_lock.1", "action": "verified", "by": "x", "ts": now}
+    publish_all(client, [("sesmon/v1/reports/hazard", json.dumps(bogus).encode())])
+    dead = drain(
+        settings,
+        ["deadletter"],
+        lambda r: any(dict(x.headers())["reason"] == b"rejected_by_rules" for x in r),
+    )
+    assert any(dict(x.headers())["reason"] == b"rejected_by_rules" for x in dead)
+    client.disconnect()

@@ -82,8 +82,10 @@ def test_boiler_event_status_reports_dispatch_accepted() -> None:
         {"device_id": "GZE0000001", "ts": TS, "result": "pass", "next_due": "2027-11-01"}
     ).encode()
     assert parse_mqtt("sesmon/v1/reports/inspection", insp, NOW).body["next_due"] == "2027-11-01"
-    hazard = json.dumps({"hazard_id": "HZ1", "action": "rectified", "by": "F001", "ts": TS}).encode()
-    assert parse_mqtt("sesmon/v1/reports/hazard", hazard, NOW).device_id is None
+    hazard_id = "HZ.GZE0000001.door_lock_jumpered.1795299000000"
+    hazard = json.dumps({"hazard_id": hazard_id, "action": "rectified", "by": "F001", "ts": TS}).encode()
+    env = parse_mqtt("sesmon/v1/reports/hazard", hazard, NOW, known_device=registry_lookup)
+    assert env.device_id == "GZE0000001" and env.key == "GZE0000001"  # routed to the unit's partition
     disp = json.dumps(
         {"alert_id": "GZE0000001.trapped.1", "action": "on_site", "by": "F001", "ts": TS}
     ).encode()
@@ -128,6 +130,11 @@ def test_boiler_event_status_reports_dispatch_accepted() -> None:
             "sesmon/v1/reports/hazard",
             b'{"hazard_id":"H","action":"ignored","by":"x","ts":1795299000000}',
             "invalid",
+        ),
+        (
+            "sesmon/v1/reports/hazard",
+            b'{"hazard_id":"HZ1","action":"verified","by":"x","ts":1795299000000}',
+            "unknown_hazard",
         ),
         (
             "sesmon/v1/dispatch/A1",
