@@ -1,4 +1,4 @@
-"""Deliver alert state changes to their receivers over MQTT and to a log, each exactly once.
+"""Deliver alert and hidden-danger changes to their receivers over MQTT and to a log, each once.
 
 The rules run at-least-once (a restarted worker may emit an alert change again, with the
 same ``alert_id``), so this stage makes the effect idempotent: a durable SQLite record of
@@ -42,9 +42,17 @@ def receivers_for(alert: Alert, centre_id: str) -> list[Receiver]:
     return out
 
 
+def _safe(level: str) -> str:
+    return level.replace("/", "_").replace("+", "_").replace("#", "_")
+
+
 def mqtt_topic(receiver: Receiver) -> str:
-    safe_id = receiver.id.replace("/", "_").replace("+", "_").replace("#", "_")
-    return f"{TOPIC_ROOT}/alerts/{receiver.kind}/{safe_id}"
+    return f"{TOPIC_ROOT}/alerts/{receiver.kind}/{_safe(receiver.id)}"
+
+
+def hazard_topic(receiver: Receiver) -> str:
+    """Hidden dangers go to the firm that must rectify them (and the regulator if major)."""
+    return f"{TOPIC_ROOT}/hazards/{receiver.kind}/{_safe(receiver.id)}"
 
 
 class DeliveryLog:
@@ -79,7 +87,8 @@ class AlertPublisher:
         self.counters: Counter[str] = Counter()
         self.deliveries = DeliveryLog(settings.data_dir / "alerts" / "delivered.sqlite")
         self.log_path = settings.data_dir / "alerts" / "alerts.jsonl"
-        self.consumer = make_consumer(settings, "sesmon-alerts", ["alerts"])
+        self.consumer = make_consumer(settings, "sesmon-alerts", ["alerts", "hazards"])
+        self.hazards_topic = settings.topic("hazards")
         self.stats_producer = make_producer(settings, **{"enable.idempotence": False, "acks": "1"})
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id="sesmon-alerts", clean_session=True
@@ -125,26 +134,18 @@ class AlertPublisher:
             if record.error():
                 self.counters["kafka_errors"] += 1
                 continue
-            try:
-                alert = Alert.model_validate_json(record.value())
-            except ValidationError as exc:
-                self.counters["bad_alert_records"] += 1
-                log.error("undecodable alert record: %s", exc)
+            routed = self._route(record)
+            if routed is None:
                 continue
-            key = alert.dedup_key()
+            key, item_id, payload, topics, counter = routed
             if key in seen_in_batch or self.deliveries.seen(key):
                 self.counters["duplicates_dropped"] += 1
                 continue
             seen_in_batch.add(key)
-            receivers = receivers_for(alert, self.settings.centre_id)
-            payload = orjson.dumps(
-                alert.model_dump(mode="json") | {"receivers": [r.model_dump() for r in receivers]}
-            )
-            for receiver in receivers:
-                pending.append(self._publish(mqtt_topic(receiver), payload))
+            pending.extend(self._publish(topic, payload) for topic in topics)
             journal.write(payload + b"\n")
-            recorded.append((key, alert.alert_id))
-            self.counters[f"delivered_{alert.level}_{alert.state}"] += 1
+            recorded.append((key, item_id))
+            self.counters[counter] += 1
         for info in pending:
             self._wait_published(info)
         journal.flush()
@@ -152,6 +153,34 @@ class AlertPublisher:
             self.deliveries.record(recorded)
             self.counters["delivered"] += len(recorded)
         self.consumer.commit(asynchronous=False)
+
+    def _route(self, record: Any) -> tuple[str, str, bytes, list[str], str] | None:
+        """(dedup key, id, payload, MQTT topics, counter) for an alert or hazard record."""
+        if record.topic() == self.hazards_topic:
+            try:
+                hazard = orjson.loads(record.value())
+                hazard_id, status = hazard["hazard_id"], hazard["status"]
+            except (ValueError, KeyError, TypeError):
+                self.counters["bad_hazard_records"] += 1
+                return None
+            key = f"{hazard_id}|{status}|{hazard.get('supervision')}|{hazard.get('updated_at')}"
+            receivers = [Receiver(kind="firm", id=str(hazard.get("firm_id") or "unknown"))]
+            if hazard.get("grade") == "major":
+                receivers.append(Receiver(kind="regulator", id=f"district:{hazard.get('district', '')}"))
+            topics = [hazard_topic(r) for r in receivers]
+            return key, hazard_id, record.value(), topics, f"hazards_{status}"
+        try:
+            alert = Alert.model_validate_json(record.value())
+        except ValidationError as exc:
+            self.counters["bad_alert_records"] += 1
+            log.error("undecodable alert record: %s", exc)
+            return None
+        receivers = receivers_for(alert, self.settings.centre_id)
+        payload = orjson.dumps(
+            alert.model_dump(mode="json") | {"receivers": [r.model_dump() for r in receivers]}
+        )
+        topics = [mqtt_topic(r) for r in receivers]
+        return alert.dedup_key(), alert.alert_id, payload, topics, f"delivered_{alert.level}_{alert.state}"
 
     def _publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         while True:

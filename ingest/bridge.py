@@ -30,7 +30,7 @@ from sesmon.settings import Settings
 log = logging.getLogger("sesmon.ingest")
 
 SUBSCRIPTION = f"{TOPIC_ROOT}/#"
-OWN_OUTPUT_PREFIX = f"{TOPIC_ROOT}/alerts/"
+OWN_OUTPUT_PREFIXES = (f"{TOPIC_ROOT}/alerts/", f"{TOPIC_ROOT}/hazards/")
 
 
 class IngestBridge:
@@ -84,8 +84,8 @@ class IngestBridge:
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received_ms = int(time.time() * 1000)
         topic = msg.topic
-        if topic.startswith(OWN_OUTPUT_PREFIX):
-            # our own outgoing alerts come back through the wildcard; they are not input
+        if topic.startswith(OWN_OUTPUT_PREFIXES):
+            # our own outgoing alerts and hazards come back through the wildcard; not input
             self.counters["own_output_skipped"] += 1
             self._ack(msg.mid, msg.qos)
             return

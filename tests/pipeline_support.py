@@ -19,15 +19,15 @@ from sesmon.settings import Settings
 
 
 class AlertInbox:
-    """An MQTT subscriber on sesmon/v1/alerts/# that keeps (topic, alert) pairs."""
+    """An MQTT subscriber (default sesmon/v1/alerts/#) that keeps (topic, decoded payload) pairs."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pattern: str = "sesmon/v1/alerts/#") -> None:
         self.items: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-inbox")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-inbox-{id(self)}")
         self.client.on_message = self._on_message
         self.client.connect(*settings.mqtt_host_port)
-        self.client.subscribe("sesmon/v1/alerts/#", qos=1)
+        self.client.subscribe(pattern, qos=1)
         self.client.loop_start()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:

@@ -220,6 +220,7 @@ def test_hidden_danger_loop_through_the_pipeline(pipeline: Settings, fleet_regis
     """开门走车 opens a major hazard; the firm's and inspector's reports close it, in Kafka."""
     settings = pipeline
     unit = units_of(fleet_registry, "elevator")[-1]
+    firm_inbox = AlertInbox(settings, f"sesmon/v1/hazards/firm/{unit.firm_id}")
     client = mqtt_client(settings)
     now = int(time.time() * 1000) - 60_000
     moving_open = {
@@ -263,6 +264,10 @@ def test_hidden_danger_loop_through_the_pipeline(pipeline: Settings, fleet_regis
     )
     statuses = [h["status"] for h in hazards(closed) if h["hazard_id"] == hazard["hazard_id"]]
     assert statuses[-2:] == ["rectified", "closed"], statuses
+    # the firm that must rectify it is told over MQTT, each change once
+    assert firm_inbox.wait(lambda box: len(box.items) >= 3, 20)
+    delivered = [h["status"] for _, h in firm_inbox.items if h["hazard_id"] == hazard["hazard_id"]]
+    assert delivered == ["reported", "rectified", "closed"]
     # a report for a hazard nobody opened is dead-lettered with the rules' reason, not lost
     bogus = {"hazard_id": f"HZ.{unit.device_id}.door_lock.1", "action": "verified", "by": "x", "ts": now}
     publish_all(client, [("sesmon/v1/reports/hazard", json.dumps(bogus).encode())])
