@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from confluent_kafka import Consumer
 from rich.console import Group
@@ -18,7 +20,6 @@ from rich.table import Table
 from rich.text import Text
 
 from sesmon.kafka import loads, make_reader
-from sesmon.schemas import ms_to_iso
 from sesmon.settings import Settings
 
 LEVEL_STYLE = {"P1": "bold white on red", "P2": "black on dark_orange", "P3": "black on yellow"}
@@ -90,7 +91,9 @@ class BoardState:
         }
 
 
-def render(state: BoardState, title: str = "sesmon — Guangzhou special-equipment safety") -> Group:
+def render(
+    state: BoardState, title: str = "sesmon — Guangzhou special-equipment safety", tz: str = "Asia/Shanghai"
+) -> Group:
     s = state.summary()
     head = Table.grid(expand=True, padding=(0, 2))
     for _ in range(6):
@@ -105,7 +108,8 @@ def render(state: BoardState, title: str = "sesmon — Guangzhou special-equipme
         Text(f"{s['dead_lettered']:,} dead letters", style="bold magenta" if s["dead_lettered"] else "dim"),
     )
     alerts = Table(expand=True, title="firing alerts (newest first)", title_justify="left")
-    for col in ("level", "rule", "unit", "district", "firm", "since (device time)"):
+    zone = ZoneInfo(tz)
+    for col in ("level", "rule", "unit", "district", "firm", f"since (device time, {tz})"):
         alerts.add_column(col)
     newest = sorted(state.firing.values(), key=lambda a: a.get("opened_at", 0), reverse=True)[:15]
     for alert in newest:
@@ -115,7 +119,7 @@ def render(state: BoardState, title: str = "sesmon — Guangzhou special-equipme
             alert.get("device_id", ""),
             alert.get("district", ""),
             alert.get("firm_id", ""),
-            ms_to_iso(int(alert.get("opened_at", 0)))[11:19],
+            datetime.fromtimestamp(int(alert.get("opened_at", 0)) / 1000, zone).strftime("%m-%d %H:%M:%S"),
         )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["dead_letter_reasons"].items())) or "none"
     foot = Text(
@@ -148,6 +152,9 @@ class BoardFeed:
                 self.state.on_alert(data)
             else:
                 self.state.on_pipeline(data)
+
+    def render(self) -> Group:
+        return render(self.state, tz=self.settings.display_tz)
 
     def close(self) -> None:
         self.consumer.close()

@@ -70,14 +70,14 @@ def cmd_board(args: argparse.Namespace) -> int:
 
     from rich.live import Live
 
-    from sesmon.board import BoardFeed, render
+    from sesmon.board import BoardFeed
 
     feed = BoardFeed(_settings(args))
     try:
-        with Live(render(feed.state), refresh_per_second=2) as live:
+        with Live(feed.render(), refresh_per_second=2) as live:
             while True:
                 feed.poll(0.5)
-                live.update(render(feed.state))
+                live.update(feed.render())
                 time.sleep(0)
     except KeyboardInterrupt:
         return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
-from sesmon.board import BoardFeed, render
+from sesmon.board import BoardFeed
 from sesmon.kafka import ensure_topics, loads, make_reader
 from sesmon.registry import Registry, write_registry
 from sesmon.services import EmbeddedServices
@@ -178,7 +178,7 @@ def run_demo(
         interactive = console.is_terminal
         next_print = time.monotonic() + 10
         with (
-            Live(render(feed.state), console=console, refresh_per_second=2, transient=False)
+            Live(feed.render(), console=console, refresh_per_second=2, transient=False)
             if interactive
             else (contextlib.nullcontext()) as live
         ):
@@ -191,7 +191,7 @@ def run_demo(
                     )
                     break
                 if live is not None:
-                    live.update(render(feed.state))
+                    live.update(feed.render())
                 elif time.monotonic() >= next_print:
                     next_print = time.monotonic() + 10
                     console.print(feed.state.summary())

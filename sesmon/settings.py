@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     alerts_max_inflight: int = 10_000
     centre_id: str = "96333"
 
+    # --- people ---
+    display_tz: str = Field("Asia/Shanghai", description="time zone of times shown to operators")
+
     # --- pipeline health ---
     stats_every_s: float = 1.0
 
