@@ -10,4 +10,5 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] || ! c
   $SUDO apt-get install -y -qq --no-install-recommends mosquitto influxdb >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+command -v pyenv >/dev/null 2>&1 && pyenv rehash  # put the new `sesmon` command on PATH under pyenv
 echo "setup done: $(python3 -c 'import sesmon; print("sesmon", sesmon.__version__)'), $(/usr/sbin/mosquitto -h 2>/dev/null | head -1)"

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     offline_after_heartbeats: int = 3
     deadman_check_every_s: float = 5.0
     faust_app_id: str = "sesmon-streams"
+    worker_batch_max: int = 1000  # messages evaluated per batch (one state write per unit per batch)
+    worker_batch_within_s: float = 0.1  # a partial batch waits at most this long
 
     # --- alerts ---
     alerts_max_inflight: int = 10_000

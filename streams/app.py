@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import Counter
 from typing import Any
 
 import faust
+from faust.streams import _current_event  # see evaluate(): RocksDB needs it set
 
 from rules import RuleEngine
 from sesmon.kafka import dumps, ensure_topics, loads
@@ -95,54 +97,77 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             await late_topic.send(key=str(late.get("device_id", "")).encode(), value=dumps(late))
         counters["late_dropped"] += getattr(out, "late_dropped", 0)
 
-    @app.agent(device_topic, name="sesmon-evaluate")
-    async def evaluate(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            try:
-                env = loads(event.value)
-            except ValueError:
-                counters["undecodable"] += 1  # ingest validated it; only a foreign producer gets here
-                continue
-            device_id = env.get("device_id")
-            if not device_id:  # ingest gives every device-bound message its unit
-                counters["skipped_no_device"] += 1
-                continue
-            unit = registry.get(device_id) if registry is not None else None
-            if env.get("type") == "status":
-                if env.get("body", {}).get("status") == "offline":
-                    offline_units.add(device_id)
-                else:
-                    offline_units.discard(device_id)
-            elif env.get("type") in ("telemetry", "event"):
-                last_seen[device_id] = int(env.get("received_ms") or 0)
+    def note_presence(device_id: str, env: dict[str, Any]) -> None:
+        if env.get("type") == "status":
+            if env.get("body", {}).get("status") == "offline":
+                offline_units.add(device_id)
+            else:
                 offline_units.discard(device_id)
-            state = state_table.get(device_id)
-            try:
-                if env.get("type") == "tick":
-                    out = engine.tick(state, int(env["now_ms"]), unit)
-                else:
-                    out = engine.process(state, env, unit)
-            except Exception:
-                # a rule bug must not stop the city's monitoring: count it, record it, go on
-                counters["rule_errors"] += 1
-                log.exception("rules failed on %s", env.get("mqtt_topic"))
-                continue
-            if out.state:  # the engine may change the dict in place: always write it back
-                state_table[device_id] = out.state
-            for reason in getattr(out, "rejected", ()) or ():
-                # valid message the rules cannot apply (unknown hazard, action out of order...)
-                counters["rejected_by_rules"] += 1
-                headers = [
-                    ("mqtt_topic", str(env.get("mqtt_topic", "")).encode()),
-                    ("reason", b"rejected_by_rules"),
-                    ("detail", reason.encode()[:1000]),
-                    ("received_ms", str(env.get("received_ms", "")).encode()),
-                ]
-                await deadletter_topic.send(key=device_id.encode(), value=event.value, headers=headers)
-            counters["ticks_processed" if env.get("type") == "tick" else "processed"] += 1
-            if env.get("received_ms"):
-                counters["lag_ms_last"] = int(time.time() * 1000) - int(env["received_ms"])
-            await emit(out)
+        elif env.get("type") in ("telemetry", "event"):
+            last_seen[device_id] = int(env.get("received_ms") or 0)
+            offline_units.discard(device_id)
+
+    async def dead_letter_rejections(out: Any, env: dict[str, Any], device_id: str, raw: bytes) -> None:
+        """Valid messages the rules cannot apply (unknown hazard, action out of order...)."""
+        for reason in getattr(out, "rejected", ()) or ():
+            counters["rejected_by_rules"] += 1
+            headers = [
+                ("mqtt_topic", str(env.get("mqtt_topic", "")).encode()),
+                ("reason", b"rejected_by_rules"),
+                ("detail", reason.encode()[:1000]),
+                ("received_ms", str(env.get("received_ms", "")).encode()),
+            ]
+            await deadletter_topic.send(key=device_id.encode(), value=raw, headers=headers)
+
+    @app.agent(device_topic, name="sesmon-evaluate")
+    async def evaluate(stream: Any) -> None:
+        """Evaluate in batches: Faust's per-event cost dominates (stack.md), and a batch writes
+        each unit's state once. Offsets are acked only after the batch is done (at-least-once).
+
+        RocksDB tables need a *current event* to pick the partition of a read or write, which
+        ``take_events`` does not set; we set Faust's context variable by hand to the unit's own
+        event (a unit's messages all share its partition, being keyed by device_id), and only
+        in this task's context: the stream's own attribute belongs to its background reader.
+        """
+        async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
+            states: dict[str, tuple[dict[str, Any], Any]] = {}
+            for event in events:
+                try:
+                    env = loads(event.value)
+                except ValueError:
+                    counters["undecodable"] += 1  # ingest validated it; only a foreign producer gets here
+                    continue
+                device_id = env.get("device_id")
+                if not device_id:  # ingest gives every device-bound message its unit
+                    counters["skipped_no_device"] += 1
+                    continue
+                note_presence(device_id, env)
+                token = _current_event.set(weakref.ref(event))
+                state = states[device_id][0] if device_id in states else state_table.get(device_id)
+                _current_event.reset(token)
+                unit = registry.get(device_id) if registry is not None else None
+                try:
+                    if env.get("type") == "tick":
+                        out = engine.tick(state, int(env["now_ms"]), unit)
+                    else:
+                        out = engine.process(state, env, unit)
+                except Exception:
+                    # a rule bug must not stop the city's monitoring: count it, record it, go on
+                    counters["rule_errors"] += 1
+                    log.exception("rules failed on %s", env.get("mqtt_topic"))
+                    continue
+                if out.state:  # the engine may change the dict in place: always write it back
+                    states[device_id] = (out.state, event)
+                await dead_letter_rejections(out, env, device_id, event.value)
+                counters["ticks_processed" if env.get("type") == "tick" else "processed"] += 1
+                if env.get("received_ms"):
+                    counters["lag_ms_last"] = int(time.time() * 1000) - int(env["received_ms"])
+                await emit(out)
+            for device_id, (state, event) in states.items():
+                token = _current_event.set(weakref.ref(event))
+                state_table[device_id] = state
+                _current_event.reset(token)
+            counters["batches"] += 1
 
     @app.timer(interval=settings.deadman_check_every_s)
     async def deadman() -> None:
