@@ -70,6 +70,14 @@ class BoardState:
             counts[alert.get("level", "P3")] = counts.get(alert.get("level", "P3"), 0) + 1
         return counts
 
+    def silent_stages(self, after_s: float = 10.0) -> list[str]:
+        """Stages whose last report is ``after_s`` older than the newest: a stalled consumer
+        (Faust's can stall without a word) shows here rather than as a quietly frozen board."""
+        if not self.stages:
+            return []
+        newest = max(float(r.get("at", 0)) for r in self.stages.values())
+        return sorted(n for n, r in self.stages.items() if newest - float(r.get("at", 0)) > after_s * 1000)
+
     def summary(self) -> dict[str, Any]:
         ingest = self.stages.get("ingest", {})
         streams = self.stages.get("streams", {})
@@ -88,6 +96,8 @@ class BoardState:
             "resolved": self.resolved,
             "delivered": alerts.get("delivered", 0),
             "rule_errors": streams.get("rule_errors", 0),
+            "backlog": max(0, int(ingest.get("produced", 0)) - int(streams.get("processed", 0))),
+            "silent_stages": self.silent_stages(),
         }
 
 
@@ -128,7 +138,17 @@ def render(
         f"dead-letter reasons: {reasons} · up {s['elapsed_s']:.0f}s",
         style="dim",
     )
-    return Group(Panel(head, title=title), alerts, foot)
+    warnings = []
+    if s["silent_stages"]:
+        warnings.append(f"NO REPORT from: {', '.join(s['silent_stages'])}")
+    if s["backlog"] > 5000:
+        warnings.append(f"rules {s['backlog']:,} readings behind")
+    if s["rule_errors"]:
+        warnings.append(f"{s['rule_errors']} rule errors (see worker log)")
+    parts: list[Any] = [Panel(head, title=title), alerts, foot]
+    if warnings:
+        parts.append(Text(" · ".join(warnings), style="bold red"))
+    return Group(*parts)
 
 
 class BoardFeed:

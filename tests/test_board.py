@@ -24,3 +24,14 @@ def test_rates_use_the_stages_clock_and_alerts_fold() -> None:
     console.print(render(board))
     text = console.export_text()
     assert "P3 1" in text and "readings/s" in text
+
+
+def test_a_stage_that_stops_reporting_is_called_out() -> None:
+    board = BoardState()
+    board.on_pipeline({"stage": "streams", "at": 1_000_000, "processed": 10})
+    board.on_pipeline({"stage": "ingest", "at": 1_030_000, "produced": 9000})
+    assert board.silent_stages() == ["streams"]
+    assert board.summary()["backlog"] == 8990
+    console = Console(record=True, width=140)
+    console.print(render(board))
+    assert "NO REPORT from: streams" in console.export_text()
