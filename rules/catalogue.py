@@ -18,19 +18,12 @@ from typing import Any
 
 import yaml
 
+from sesmon.registry import RATED_PARAMETERS
+
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
 
 #: Unit attributes a threshold may use (sesmon.registry.Unit), plus derived ones.
-UNIT_PARAMS = (
-    "rated_speed_mps",
-    "rated_load_kg",
-    "floors",
-    "rated_pressure_mpa",
-    "capacity_tph",
-    "capacity_mw",
-    "safety_valve_set_mpa",
-    "full_travel_s",
-)
+UNIT_PARAMS = (*RATED_PARAMETERS, "full_travel_s")
 
 OPS = {"==", "!=", ">", ">=", "<", "<=", "in", "not_in"}
 LEVELS = ("P1", "P2", "P3")

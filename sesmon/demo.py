@@ -9,12 +9,9 @@ that ignores SIGTERM is killed, so nothing is left behind.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -23,49 +20,22 @@ from rich.live import Live
 from sesmon.board import BoardFeed
 from sesmon.kafka import ensure_topics, loads, make_reader
 from sesmon.registry import Registry, write_registry
-from sesmon.services import EmbeddedServices
+from sesmon.services import ChildProcess, EmbeddedServices
 from sesmon.settings import Settings
 
 
-@dataclass
-class Stage:
-    """A ``sesmon <stage>`` child process with its own log file."""
+class Stage(ChildProcess):
+    """A ``sesmon <stage>`` child process, exactly as production runs it."""
 
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        super().__init__(name, [sys.executable, "-m", "sesmon.cli", *argv], log_path, env)
 
     def start(self) -> Stage:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sesmon.cli", *self.argv],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**os.environ, **self.env},
-            )
+        self.spawn()
         return self
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def stop(self, grace: float = 15.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        super().stop(grace)
 
 
 def wait_for_ingest(settings: Settings, timeout: float = 60.0) -> bool:

@@ -46,6 +46,8 @@ COLUMNS = (
     "status",
 )
 REQUIRED = ("device_id", "kind", "district", "firm_id", "status")
+#: rated parameters (DESIGN.md §3): the columns a rule threshold may depend on
+RATED_PARAMETERS = COLUMNS[COLUMNS.index("rated_speed_mps") : COLUMNS.index("safety_valve_set_mpa") + 1]
 
 
 class Unit(BaseModel):

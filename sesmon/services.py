@@ -44,32 +44,26 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
 
 
 @dataclass
-class ManagedProcess:
-    """A child process with a log file, stopped with SIGTERM then SIGKILL, group and all."""
+class ChildProcess:
+    """A child in its own session with a log file; stopped with SIGTERM, then SIGKILL, group and all."""
 
     name: str
     argv: list[str]
-    port: int
     log_path: Path
     env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
-    def start(self, ready_timeout: float = 20.0) -> ManagedProcess:
+    def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, **(self.env or {})},
-        )
-        log.close()
-        if not wait_for_port(self.port, ready_timeout, self.proc):
-            self.stop()
-            raise ServiceError(f"{self.name} did not open 127.0.0.1:{self.port}.\n{self.log_tail()}")
-        return self
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **(self.env or {})},
+            )
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -79,7 +73,7 @@ class ManagedProcess:
         return f"--- last lines of {self.log_path} ---\n" + "\n".join(text)
 
     @property
-    def running(self) -> bool:
+    def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, grace: float = 5.0) -> None:
@@ -94,6 +88,20 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+@dataclass
+class ManagedProcess(ChildProcess):
+    """A server: started, then waited on until its loopback port answers."""
+
+    port: int = 0
+
+    def start(self, ready_timeout: float = 20.0) -> ManagedProcess:
+        self.spawn()
+        if not wait_for_port(self.port, ready_timeout, self.proc):
+            self.stop()
+            raise ServiceError(f"{self.name} did not open 127.0.0.1:{self.port}.\n{self.log_tail()}")
+        return self
 
 
 # --------------------------------------------------------------------------- MQTT
@@ -121,14 +129,16 @@ def start_mqtt(workdir: Path, port: int | None = None, prefer: str = "mosquitto"
             "max_queued_messages 1000000\n"
             "message_size_limit 1048576\n"
         )
-        return ManagedProcess("mosquitto", [binary, "-c", str(conf)], port, workdir / "mosquitto.log").start()
+        return ManagedProcess(
+            "mosquitto", [binary, "-c", str(conf)], workdir / "mosquitto.log", port=port
+        ).start()
     conf = workdir / "amqtt.yaml"
     conf.write_text(
         f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
         "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
     )
     argv = [sys.executable, "-c", "from amqtt.scripts.broker_script import main; main()", "-c", str(conf)]
-    return ManagedProcess("amqtt", argv, port, workdir / "amqtt.log").start()
+    return ManagedProcess("amqtt", argv, workdir / "amqtt.log", port=port).start()
 
 
 # --------------------------------------------------------------------------- Kafka (Tansu)
@@ -155,7 +165,7 @@ def start_kafka(workdir: Path, port: int | None = None) -> ManagedProcess:
         "--storage-engine",
         "memory://tansu/",
     ]
-    return ManagedProcess("tansu", argv, port, workdir / "tansu.log").start()
+    return ManagedProcess("tansu", argv, workdir / "tansu.log", port=port).start()
 
 
 # --------------------------------------------------------------------------- InfluxDB 1.x (Debian)
@@ -181,7 +191,9 @@ def start_influxdb(workdir: Path, port: int | None = None) -> ManagedProcess:
         "[monitor]\n  store-enabled = false\n"
         f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
     )
-    return ManagedProcess("influxd", [binary, "-config", str(conf)], port, workdir / "influxd.log").start(30)
+    return ManagedProcess(
+        "influxd", [binary, "-config", str(conf)], workdir / "influxd.log", port=port
+    ).start(30)
 
 
 # --------------------------------------------------------------------------- all together
