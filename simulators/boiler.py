@@ -149,11 +149,6 @@ class Boiler(Device):
             self.active_events.add(code)
             self.event(t, code, "occur", **detail)
 
-    def recover(self, t: int, code: str, **detail: Any) -> None:
-        if code in self.active_events:
-            self.active_events.discard(code)
-            self.event(t, code, "recover", **detail)
-
     # ------------------------------------------------------------------ physics
     def _load_frac(self, t: int) -> float:
         if self.demand_cut:

@@ -101,6 +101,13 @@ class Device:
     def event(self, t: int, code: str, state: str = "occur", **detail: Any) -> None:
         self.send(t, "event", {"code": code, "state": state, "detail": detail})
 
+    def recover(self, t: int, code: str, **detail: Any) -> None:
+        """Report a fault's end, once, and only for a fault the terminal reported (``active_events``)."""
+        active: set[str] = self.active_events  # type: ignore[attr-defined]  # set by each model
+        if code in active:
+            active.discard(code)
+            self.event(t, code, "recover", **detail)
+
     def status(self, t: int, status: str = "online") -> None:
         self.send(t, "status", {"status": status}, retain=True)
 

@@ -169,11 +169,6 @@ class Elevator(Device):
         self.active_events.add(code)
         self.event(t, code, "occur", **detail)
 
-    def recover(self, t: int, code: str, **detail: Any) -> None:
-        if code in self.active_events:
-            self.active_events.discard(code)
-            self.event(t, code, "recover", **detail)
-
     # ------------------------------------------------------------------ kinematics
     def _start_trip(self, t: int, target: int) -> None:
         dist = abs(target - self.idx) * self.storey_m
