@@ -22,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, Message
 
+from ingest.vendor import VENDOR_ROOT, VendorError, vendor_to_canonical
 from sesmon.kafka import dumps, ensure_topics, make_producer, stats_record
 from sesmon.registry import Registry
 from sesmon.schemas import STREAM_OF, TOPIC_ROOT, BadInput, parse_mqtt
@@ -29,7 +30,8 @@ from sesmon.settings import Settings
 
 log = logging.getLogger("sesmon.ingest")
 
-SUBSCRIPTION = f"{TOPIC_ROOT}/#"
+SUBSCRIPTIONS = [(f"{TOPIC_ROOT}/#", 1), (f"{VENDOR_ROOT}/#", 1)]
+VENDOR_PREFIX = f"{VENDOR_ROOT}/"
 OWN_OUTPUT_PREFIXES = (f"{TOPIC_ROOT}/alerts/", f"{TOPIC_ROOT}/hazards/")
 
 
@@ -71,10 +73,10 @@ class IngestBridge:
         if reason.is_failure:
             log.error("MQTT connect refused: %s", reason)
             return
-        client.subscribe(SUBSCRIPTION, qos=1)
+        client.subscribe(SUBSCRIPTIONS)
         self.counters["mqtt_connects"] += 1
         self._connected.set()
-        log.info("MQTT connected, subscribed to %s", SUBSCRIPTION)
+        log.info("MQTT connected, subscribed to %s", [t for t, _ in SUBSCRIPTIONS])
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
         self._connected.clear()
@@ -92,12 +94,27 @@ class IngestBridge:
         self.counters["received"] += 1
         known = self.registry.kind_of if self.registry is not None else None
         try:
+            canonical_topic, payload = topic, msg.payload
+            if topic.startswith(VENDOR_PREFIX):  # a GB/T 24476-style terminal publishing directly
+                if len(payload) > self.settings.max_payload_bytes:
+                    raise BadInput("oversize", f"{len(payload)} bytes")
+                try:
+                    canonical_topic, payload = vendor_to_canonical(topic, payload)
+                except VendorError as err:
+                    raise BadInput(f"vendor_{err.reason}", str(err)) from None
+                self.counters["vendor_mapped"] += 1
             env = parse_mqtt(
-                topic, msg.payload, received_ms, known_device=known, max_bytes=self.settings.max_payload_bytes
+                canonical_topic,
+                payload,
+                received_ms,
+                known_device=known,
+                max_bytes=self.settings.max_payload_bytes,
             )
         except BadInput as bad:
             self._dead_letter(topic, msg, bad, received_ms)
             return
+        if canonical_topic != topic:
+            env.mqtt_topic = topic  # provenance: where the terminal really published
         self._produce(
             self.topics[env.type],
             env.key.encode(),

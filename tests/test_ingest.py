@@ -106,3 +106,45 @@ def test_resubscribes_after_broker_restart(
     assert wait_for(lambda: bridge.counters["produced"] == 100, 20)
     bridge.stop()
     client.disconnect()
+
+
+def test_gbt24476_terminal_publishes_directly(settings: Settings, fleet_registry: Registry) -> None:
+    """A numeric GB/T 24476-style terminal is mapped on the way in; what cannot be mapped is dead-lettered."""
+    device = next(u.device_id for u in fleet_registry if u.kind == "elevator")
+    bridge = IngestBridge(settings, fleet_registry).start()
+    assert bridge.wait_connected()
+    status = {
+        "regCode": device,
+        "time": "20261122093015",
+        "seq": 9,
+        "serviceMode": 2,
+        "carStatus": 0,
+        "carDirection": 0,
+        "carPosition": 12,
+        "doorZone": 1,
+        "doorStatus": 4,
+        "passengerStatus": 1,
+    }
+    fault = {"regCode": device, "time": NOW, "seq": 10, "faultType": 2, "faultId": 8, "state": 1, "floor": 12}
+    unmapped = {**fault, "seq": 11, "faultId": 14}  # stuck button: no canonical event
+    client = mqtt_client(settings)
+    publish_all(
+        client,
+        [
+            (f"gbt24476/v1/{device}/status", json.dumps(status).encode()),
+            (f"gbt24476/v1/{device}/fault", json.dumps(fault).encode()),
+            (f"gbt24476/v1/{device}/fault", json.dumps(unmapped).encode()),
+        ],
+    )
+    assert wait_for(lambda: bridge.counters["produced"] + bridge.counters["dead_lettered"] == 3)
+    bridge.stop()
+    client.disconnect()
+    records = drain(settings, ["telemetry", "events", "deadletter"], lambda r: len(r) >= 3)
+    by_topic = {r.topic().rsplit(".", 1)[1]: r for r in records}
+    telemetry = orjson.loads(by_topic["telemetry"].value())
+    assert telemetry["mqtt_topic"] == f"gbt24476/v1/{device}/status"
+    assert telemetry["body"]["mode"] == "inspection" and telemetry["body"]["door"] == "open"
+    assert telemetry["ts"] == 1795311015000  # 09:30:15 Beijing time
+    event = orjson.loads(by_topic["events"].value())
+    assert event["body"]["code"] == "trapped" and event["body"]["state"] == "occur"
+    assert dict(by_topic["deadletter"].headers())["reason"] == b"vendor_unmapped_code"

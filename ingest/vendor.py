@@ -3,9 +3,9 @@
 Many installed lift terminals speak the numeric dialect of the government upload
 schemas (domain.md §1.2–1.3): camelCase keys, service modes and door states as numbers,
 faults as numeric ids from one of three code lists. Mapping them here lets such a
-terminal publish directly; ingest can call :func:`vendor_to_canonical` on anything under
-``gbt24476/`` and validate the result like any other message. The format is documented in
-simulators/README.md ("Vendor adapter").
+terminal publish directly: the bridge calls :func:`vendor_to_canonical` on anything under
+``gbt24476/`` and validates the result like any other message. The format is documented in
+ingest/README.md.
 
 Topics: ``gbt24476/v1/{device_id}/status`` (real-time status) and
 ``gbt24476/v1/{device_id}/fault`` (fault/event, occur or recover). ``online``/``offline``

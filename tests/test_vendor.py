@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from ingest.vendor import LIST_A, LIST_B, LIST_C, VendorError, canonical_to_vendor, vendor_to_canonical
 from sesmon.schemas import parse_mqtt
 from simulators.engine import FleetSim, SimOptions
 from simulators.fleet import generate_fleet
-from simulators.vendor import LIST_A, LIST_B, LIST_C, VendorError, canonical_to_vendor, vendor_to_canonical
 
 NOW = 1_795_000_000_000
 UNMAPPED = (
