@@ -244,7 +244,15 @@ class RuleEngine:
 
     def due_for_tick(self, state: dict[str, Any] | None, now_ms: int) -> bool:
         """Cheap check for the worker's periodic sweep: does ``tick`` have work for this unit?"""
-        return bool(state) and now_ms >= state["due"]  # type: ignore[index]
+        due = self.next_due(state)
+        return due is not None and now_ms >= due
+
+    @staticmethod
+    def next_due(state: dict[str, Any] | None) -> int | None:
+        """Processing time (epoch ms) from which ``tick`` has work for this unit, None if never.
+
+        Lets the worker keep a small index of due times instead of decoding every state."""
+        return int(state["due"]) if state else None
 
     def process(self, state: dict[str, Any] | None, envelope: dict[str, Any], unit: Any = None) -> Outcome:
         """Apply one validated message (``Envelope.model_dump(mode="json")``) to a unit's state."""

@@ -63,7 +63,9 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
     # processing-time presence for the board's "online units" (not state: rebuilt by traffic)
     last_seen: dict[str, int] = {}
     offline_units: set[str] = set()
-    ticks_sent: dict[str, object] = {}
+    ticks_sent: dict[str, int] = {}
+    due_index: dict[str, int | None] = {}  # device_id -> processing time its tick is due
+    index_rebuild_at = [0]  # next full rebuild of due_index from the table (epoch ms)
     online_window_ms = int(settings.heartbeat_s * settings.offline_after_heartbeats * 1000)
     device_topic = app.topic(
         *(settings.topic(s) for s in DEVICE_STREAMS),
@@ -167,26 +169,35 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
                 token = _current_event.set(weakref.ref(event))
                 state_table[device_id] = state
                 _current_event.reset(token)
+                due_index[device_id] = engine.next_due(state)
             counters["batches"] += 1
 
     @app.timer(interval=settings.deadman_check_every_s)
     async def deadman() -> None:
-        """Processing-time guard: a unit that went silent is noticed live, not at its next reading."""
+        """Processing-time guard: a unit that went silent is noticed live, not at its next reading.
+
+        Works from an in-memory index of each unit's next due time, kept by the agent and
+        rebuilt from the table once a minute (and at start, so units that went silent before
+        a restart are still caught), instead of decoding every unit's state every few seconds.
+        """
         now_ms = int(time.time() * 1000)
-        for device_id, state in list(state_table.items()):
-            try:
-                due = state is not None and engine.due_for_tick(state, now_ms)
-            except Exception:
-                counters["rule_errors"] += 1
-                log.exception("due_for_tick failed for %s", device_id)
+        if now_ms >= index_rebuild_at[0]:
+            index_rebuild_at[0] = now_ms + 60_000
+            for device_id, state in list(state_table.items()):
+                try:
+                    due_index[device_id] = engine.next_due(state)
+                except Exception:
+                    counters["rule_errors"] += 1
+                    log.exception("next_due failed for %s", device_id)
+        for device_id, due in list(due_index.items()):
+            if due is None or now_ms < due or ticks_sent.get(device_id) == due:
                 continue
-            if due and ticks_sent.get(device_id) != state.get("due"):
-                # the state change happens in the agent, where the table has a current event;
-                # one tick per due time, however long the agent takes to get to it
-                ticks_sent[device_id] = state.get("due")
-                counters["ticks"] += 1
-                tick = {"type": "tick", "device_id": device_id, "now_ms": now_ms}
-                await status_topic.send(key=device_id.encode(), value=dumps(tick))
+            # the state change happens in the agent, where the table has a current event;
+            # one tick per due time, however long the agent takes to get to it
+            ticks_sent[device_id] = due
+            counters["ticks"] += 1
+            tick = {"type": "tick", "device_id": device_id, "now_ms": now_ms}
+            await status_topic.send(key=device_id.encode(), value=dumps(tick))
 
     @app.timer(interval=settings.stats_every_s)
     async def publish_stats() -> None:
