@@ -66,8 +66,6 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_board(args: argparse.Namespace) -> int:
-    import time
-
     from rich.live import Live
 
     from sesmon.board import BoardFeed
@@ -78,7 +76,6 @@ def cmd_board(args: argparse.Namespace) -> int:
             while True:
                 feed.poll(0.5)
                 live.update(feed.render())
-                time.sleep(0)
     except KeyboardInterrupt:
         return 0
     finally:
