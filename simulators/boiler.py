@@ -312,12 +312,7 @@ class Boiler(Device):
             self.next_tick += self.tick_ms
         if self.release_at is not None and t >= self.release_at:
             self.release(t, "auto")
-        if self.periodic:
-            if t >= self.next_report:
-                self.telemetry(t)
-            if t >= self.next_heartbeat:
-                self.status(t, "online")
-                self.next_heartbeat = t + self.heartbeat_ms
+        self.periodic_reports(t)
         cands = [self.next_tick]
         if self.release_at is not None:
             cands.append(self.release_at)

@@ -108,6 +108,18 @@ class Device:
             active.discard(code)
             self.event(t, code, "recover", **detail)
 
+    def periodic_reports(self, t: int) -> None:
+        """Status report and heartbeat when due (models set ``periodic``, ``next_report``,
+        ``next_heartbeat``, ``heartbeat_ms`` and ``telemetry``)."""
+        me: Any = self
+        if not me.periodic:
+            return
+        if t >= me.next_report:
+            me.telemetry(t)
+        if t >= me.next_heartbeat:
+            self.status(t, "online")
+            me.next_heartbeat = t + me.heartbeat_ms
+
     def status(self, t: int, status: str = "online") -> None:
         self.send(t, "status", {"status": status}, retain=True)
 

@@ -306,12 +306,7 @@ class Elevator(Device):
             self._service(t)
         elif self.moving and self.trip is not None:
             self._kin(t)
-        if self.periodic:
-            if t >= self.next_report:
-                self.telemetry(t)
-            if t >= self.next_heartbeat:
-                self.status(t, "online")
-                self.next_heartbeat = t + self.heartbeat_ms
+        self.periodic_reports(t)
         return self.next_wake(t)
 
     def next_wake(self, t: int) -> int:
