@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # --- rules / streams ---
     heartbeat_s: float = 60.0
     offline_after_heartbeats: int = 3
-    deadman_check_every_s: float = 5.0
+    deadman_check_every_s: float = 2.0  # sweep of due ticks (in-memory index: cheap)
     faust_app_id: str = "sesmon-streams"
     worker_batch_max: int = 1000  # messages evaluated per batch (one state write per unit per batch)
     worker_batch_within_s: float = 0.1  # a partial batch waits at most this long
