@@ -280,6 +280,12 @@ def main() -> None:
                     )
                 else:
                     print(f"publish -> P1 alert via {path}: none of {wanted} arrived")
+                missing = sorted(i for i, d in triggers.items() if path_of[d] == path and d not in alert_at)
+                if missing:
+                    print(
+                        f"  no alert (yet) for the triggers at readings {missing[:12]}"
+                        + (" …" if len(missing) > 12 else "")
+                    )
             print(f"end-to-end / raw MQTT = {e2e / raw_rate:.2f}")
             pub.disconnect()
             watcher.disconnect()

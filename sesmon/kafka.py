@@ -75,6 +75,10 @@ def make_producer(settings: Settings, **extra: Any) -> Producer:
         **{
             "acks": "all",
             "enable.idempotence": True,
+            # the Java/aiokafka key hash: Faust (aiokafka) sends ticks keyed by device_id and
+            # must land on the same partition as the unit's readings (librdkafka's default,
+            # CRC32, would not: the tick would meet an empty table partition)
+            "partitioner": "murmur2_random",
             "linger.ms": 5,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 200_000,

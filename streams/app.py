@@ -63,7 +63,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
     # processing-time presence for the board's "online units" (not state: rebuilt by traffic)
     last_seen: dict[str, int] = {}
     offline_units: set[str] = set()
-    ticks_sent: dict[str, int] = {}
+    ticks_in_flight: set[str] = set()
     due_index: dict[str, int | None] = {}  # device_id -> processing time its tick is due
     index_rebuild_at = [0]  # next full rebuild of due_index from the table (epoch ms)
     online_window_ms = int(settings.heartbeat_s * settings.offline_after_heartbeats * 1000)
@@ -150,6 +150,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
                 unit = registry.get(device_id) if registry is not None else None
                 try:
                     if env.get("type") == "tick":
+                        ticks_in_flight.discard(device_id)
                         out = engine.tick(state, int(env["now_ms"]), unit)
                     else:
                         out = engine.process(state, env, unit)
@@ -183,6 +184,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         now_ms = int(time.time() * 1000)
         if now_ms >= index_rebuild_at[0]:
             index_rebuild_at[0] = now_ms + 60_000
+            ticks_in_flight.clear()  # a tick lost to a rebalance must not silence a unit for good
             for device_id, state in list(state_table.items()):
                 try:
                     due_index[device_id] = engine.next_due(state)
@@ -190,11 +192,11 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
                     counters["rule_errors"] += 1
                     log.exception("next_due failed for %s", device_id)
         for device_id, due in list(due_index.items()):
-            if due is None or now_ms < due or ticks_sent.get(device_id) == due:
+            if due is None or now_ms < due or device_id in ticks_in_flight:
                 continue
             # the state change happens in the agent, where the table has a current event;
-            # one tick per due time, however long the agent takes to get to it
-            ticks_sent[device_id] = due
+            # at most one tick per unit in flight, however long the agent takes to get to it
+            ticks_in_flight.add(device_id)
             counters["ticks"] += 1
             tick = {"type": "tick", "device_id": device_id, "now_ms": now_ms}
             await status_topic.send(key=device_id.encode(), value=dumps(tick))

@@ -148,3 +148,27 @@ def test_gbt24476_terminal_publishes_directly(settings: Settings, fleet_registry
     event = orjson.loads(by_topic["events"].value())
     assert event["body"]["code"] == "trapped" and event["body"]["state"] == "occur"
     assert dict(by_topic["deadletter"].headers())["reason"] == b"vendor_unmapped_code"
+
+
+def test_ingest_partitions_keys_like_faust(settings: Settings) -> None:
+    """A unit's readings (librdkafka) and the worker's own ticks (aiokafka) must share a partition."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from sesmon.kafka import ensure_topics, make_producer
+
+    settings = settings.model_copy(update={"kafka_partitions": 4})
+    ensure_topics(settings, ["status"])
+    producer = make_producer(settings)
+    landed: dict[bytes, int] = {}
+    keys = [f"3110440106202400{i:04d}".encode() for i in range(64)]
+    for key in keys:
+        producer.produce(
+            settings.topic("status"),
+            key=key,
+            value=b"{}",
+            on_delivery=lambda _e, m: landed.update({m.key(): m.partition()}),
+        )
+    producer.flush(10)
+    faust_side = DefaultPartitioner()
+    assert {k: faust_side(k, [0, 1, 2, 3], [0, 1, 2, 3]) for k in keys} == landed
+    assert len(set(landed.values())) == 4
