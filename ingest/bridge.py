@@ -44,6 +44,7 @@ class IngestBridge:
         self._unacked = 0
         self._unacked_cv = threading.Condition()
         self._stop = threading.Event()
+        self._drain_deadline = float("inf")  # set by stop(): how long the poll loop may still drain
         self._connected = threading.Event()
         if create_topics:
             ensure_topics(settings)
@@ -223,7 +224,6 @@ class IngestBridge:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> IngestBridge:
         host, port = self.settings.mqtt_host_port
-        self._drain_deadline = float("inf")
         self._poller.start()
         self.client.connect_async(host, port, keepalive=self.settings.mqtt_keepalive_s)
         self.client.loop_start()

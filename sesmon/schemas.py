@@ -10,7 +10,7 @@ with a short machine-readable reason and a human-readable detail.
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -68,10 +68,6 @@ def to_epoch_ms(value: Any) -> int:
 
 
 EpochMs = Annotated[int, BeforeValidator(to_epoch_ms)]
-
-
-def ms_to_iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 # --------------------------------------------------------------------------- enums

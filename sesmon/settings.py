@@ -36,7 +36,6 @@ class Settings(BaseSettings):
     ingest_max_unacked: int = 20_000  # Kafka records not yet confirmed (bounds memory and MQTT acks owed)
     mqtt_client_id: str = "sesmon-ingest"
     mqtt_keepalive_s: int = 30
-    mqtt_max_inflight_to_ingest: int = 1000  # broker-side window (mosquitto max_inflight_messages)
 
     # --- rules / streams ---
     heartbeat_s: float = 60.0
@@ -47,7 +46,6 @@ class Settings(BaseSettings):
     worker_batch_within_s: float = 0.1  # a partial batch waits at most this long
 
     # --- alerts ---
-    alerts_max_inflight: int = 10_000
     centre_id: str = "96333"
 
     # --- people ---

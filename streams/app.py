@@ -26,7 +26,7 @@ import faust
 from faust.streams import _current_event  # see evaluate(): RocksDB needs it set
 
 from rules import RuleEngine
-from sesmon.kafka import dumps, ensure_topics, loads
+from sesmon.kafka import dumps, ensure_topics, loads, stats_record
 from sesmon.registry import Registry
 from sesmon.settings import Settings
 
@@ -207,10 +207,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         counters["online_units"] = sum(
             1 for d, t in last_seen.items() if t >= horizon and d not in offline_units
         )
-        await pipeline_topic.send(
-            key=b"streams",
-            value=dumps({"stage": "streams", "at": int(time.time() * 1000), **counters}),
-        )
+        await pipeline_topic.send(key=b"streams", value=stats_record("streams", dict(counters)))
 
     @app.timer(interval=5.0)
     async def reload_registry() -> None:
