@@ -7,9 +7,10 @@ Every field can be set with an environment variable ``SESMON_<NAME>`` (for examp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,7 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SESMON_", extra="ignore")
 
     # --- where the servers are (None = embedded default) ---
-    mqtt_url: str | None = Field(None, description="mqtt://host:port of the device broker")
+    mqtt_url: str | None = Field(
+        None, description="mqtt[s]://[user:password@]host:port of the device broker (mqtts = TLS)"
+    )
     kafka_url: str | None = Field(None, description="host:port[,host:port] of the Kafka bootstrap servers")
     influx_url: str | None = Field(None, description="http://host:port of InfluxDB")
 
@@ -27,12 +30,26 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".sesmon"), description="durable local state (tables, dedup, logs)")
     registry: Path | None = Field(None, description="fleet registry CSV (DESIGN.md §3)")
 
+    # --- MQTT credentials and TLS (credentials in the URL win over these) ---
+    mqtt_username: str | None = Field(None, description="MQTT username of this stage")
+    mqtt_password: str | None = Field(None, description="MQTT password of this stage")
+    mqtt_tls_ca: Path | None = Field(None, description="CA bundle that signed the broker's certificate")
+    mqtt_tls_cert: Path | None = Field(None, description="client certificate (mutual TLS), optional")
+    mqtt_tls_key: Path | None = Field(None, description="client private key (mutual TLS), optional")
+    mqtt_tls_insecure: bool = Field(False, description="skip the broker hostname check (test brokers only)")
+    mqtt_require_identity: bool = Field(
+        False,
+        description="secure broker: reports and dispatch must come on topics that name their publisher",
+    )
+
     # --- Kafka topics ---
     topic_prefix: str = "sesmon"
     kafka_partitions: int = 4
 
     # --- ingest ---
-    max_payload_bytes: int = 64 * 1024
+    max_payload_bytes: int = 64 * 1024  # larger bodies are dead-lettered (truncated) as `oversize`
+    max_json_depth: int = 32  # deeper JSON is dead-lettered as `too_deep` before it is parsed
+    deadletter_max_bytes: int = 4 * 1024  # how much of a rejected body the dead letter keeps
     ingest_max_unacked: int = 20_000  # Kafka records not yet confirmed (bounds memory and MQTT acks owed)
     mqtt_client_id: str = "sesmon-ingest"
     mqtt_keepalive_s: int = 30
@@ -47,6 +64,8 @@ class Settings(BaseSettings):
 
     # --- alerts ---
     centre_id: str = "96333"
+    alerts_mqtt_client_id: str = "sesmon-alerts"
+    alerts_max_inflight: int = 10  # publishes awaiting PUBACK: what a crash of this stage can repeat
 
     # --- people ---
     display_tz: str = Field("Asia/Shanghai", description="time zone of times shown to operators")
@@ -60,13 +79,60 @@ class Settings(BaseSettings):
 
     @property
     def mqtt_host_port(self) -> tuple[str, int]:
-        return parse_host_port(self.mqtt_url or "mqtt://127.0.0.1:1883", 1883)
+        return self.mqtt_endpoint.host, self.mqtt_endpoint.port
+
+    @property
+    def mqtt_endpoint(self) -> MqttEndpoint:
+        """Where and how to reach the broker: host, port, TLS, credentials (URL first, then fields)."""
+        return MqttEndpoint.from_url(
+            self.mqtt_url or "mqtt://127.0.0.1:1883",
+            username=self.mqtt_username,
+            password=self.mqtt_password,
+        )
 
     @property
     def kafka_bootstrap(self) -> str:
         """Bootstrap list without scheme, as Kafka clients want it."""
         url = self.kafka_url or "127.0.0.1:9092"
         return ",".join(part.split("://", 1)[-1] for part in url.split(","))
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    """A broker address as the URL gave it: nothing in it (TLS, user, password) is dropped."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, username: str | None = None, password: str | None = None) -> MqttEndpoint:
+        if "://" not in url:
+            url = "mqtt://" + url
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("mqtt", "mqtts", "tcp", "ssl", "tls"):
+            raise ValueError(f"MQTT URL scheme {parts.scheme!r} is not mqtt:// or mqtts://")
+        tls = scheme in ("mqtts", "ssl", "tls")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else username,
+            password=unquote(parts.password) if parts.password is not None else password,
+        )
+
+    def url(self, with_credentials: bool = False) -> str:
+        """The URL again; credentials only when asked (never print them)."""
+        auth = ""
+        if with_credentials and self.username:
+            auth = quote(self.username, safe="")
+            if self.password is not None:
+                auth += ":" + quote(self.password, safe="")
+            auth += "@"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
 
 
 def parse_host_port(url: str, default_port: int) -> tuple[str, int]:
