@@ -9,6 +9,7 @@ supervisor sees an exit and restarts it instead of a zombie.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -74,8 +75,6 @@ def fatal(stage: str, message: str, exit_code: int = FATAL_EXIT) -> None:
     log.critical(line)
     print(line, file=sys.stderr, flush=True)
     for handler in logging.getLogger().handlers:
-        try:
+        with contextlib.suppress(Exception):
             handler.flush()
-        except Exception:
-            pass
     os._exit(exit_code)

@@ -17,7 +17,7 @@ Usernames (the role is in the name, so ingest needs no password file to know it)
 | username            | role        | may                                                       |
 |---------------------|-------------|-----------------------------------------------------------|
 | ``{device_id}``     | device      | publish under its own device topics only; read nothing    |
-| ``firm-{firm_id}``  | firm        | read its own alerts/hazards; report maintenance and rectification for its units; dispatch |
+| ``firm-{firm_id}``  | firm        | read own alerts/hazards; report maintenance, rectified; dispatch |
 | ``inspector-{id}``  | inspector   | report inspections, accidents; verify hazards; dispatch   |
 | ``operator[-{id}]`` | operator    | read all alerts and hazards; publish reports and dispatch |
 | ``sesmon-ingest``   | ingest      | read device, report and dispatch topics                   |
