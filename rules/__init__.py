@@ -1,4 +1,4 @@
-"""Risk rules for sesmon: the catalogue (YAML, versioned), the engine and hidden dangers.
+"""Risk rules for sesmon: the catalogue (YAML, versioned, validated), the engine and hidden dangers.
 
 Pure Python with no Kafka, Faust or network import, so it is unit-testable and replayable
 (DESIGN.md §1). The Faust worker in ``streams/`` calls :class:`RuleEngine` and stores the
@@ -12,10 +12,11 @@ from .hazards import (
     HazardBook,
     RectificationRate,
     apply_hazard_report,
-    escalate_overdue,
     hazard_device_id,
     hazard_id_for,
+    mark_overdue,
     rectification_rate,
+    transition,
 )
 
 __all__ = [
@@ -28,9 +29,10 @@ __all__ = [
     "Rule",
     "RuleEngine",
     "apply_hazard_report",
-    "escalate_overdue",
     "hazard_device_id",
     "hazard_id_for",
     "load_catalogue",
+    "mark_overdue",
     "rectification_rate",
+    "transition",
 ]

@@ -1,85 +1,79 @@
-"""Load the rule catalogue (YAML, for inspectors to read) and compile it for the hot path.
+"""Load the rule catalogue (YAML, for inspectors to read), validate it, compile it for the hot path.
 
 The catalogue is data; this module turns it into plain Python once, at load time: each
 condition becomes one generated lambda over the unit's merged telemetry values, and each
 threshold that depends on the registry becomes a per-unit parameter resolved once per unit.
-No pydantic or dict-walking happens per reading.
+Nothing is compiled from a catalogue that has not passed ``rules.validate`` (unknown keys,
+fields, operators, wrong threshold types and uncited rules are refused with the file, line,
+rule id and key). No pydantic or dict-walking happens per reading.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
+import ast
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sesmon.registry import RATED_PARAMETERS
+from . import expr as expr_mod
+from .model import OPS, CatalogueDoc, Citation, DerivedSpec, ParamExpr, RuleSpec
+from .validate import CatalogueError, Problem, check_document, read_yaml
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
 
-#: Unit attributes a threshold may use (sesmon.registry.Unit), plus derived ones.
-UNIT_PARAMS = (*RATED_PARAMETERS, "full_travel_s")
-
-OPS = {"==", "!=", ">", ">=", "<", "<=", "in", "not_in"}
-LEVELS = ("P1", "P2", "P3")
-GRADES = ("general", "major")
-SUPPRESS_REASONS = {"maintenance", "inspection_mode", "out_of_service", "not_in_use", "offline"}
-
 Cond = Callable[[dict[str, Any], dict[str, Any], dict[str, float]], bool]
 
-
-class CatalogueError(ValueError):
-    """The catalogue file is wrong; the message names the rule and the key."""
+__all__ = [
+    "DEFAULT_CATALOGUE",
+    "Catalogue",
+    "CatalogueError",
+    "Derived",
+    "HazardSpec",
+    "ParamSpec",
+    "Problem",
+    "Rule",
+    "compile_batch",
+    "load_catalogue",
+    "prev_fields",
+    "prev_getter",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class ParamSpec:
-    """A threshold: a constant, or factor × the first registry parameter the unit has."""
+    """A threshold: a constant, or an expression over the unit's registry values with a default."""
 
     name: str
     default: float
-    sources: tuple[tuple[str, float, float], ...] = ()  # (unit attribute, factor, offset)
-    min: float | None = None
-    max: float | None = None
+    text: str = ""  # the expression as written ("" for a constant)
+    tree: ast.expr | None = None
+    scale: float = 1.0  # 1000 for durations kept in ms
+
+    @classmethod
+    def of(cls, name: str, spec: float | ParamExpr, scale: float = 1.0) -> ParamSpec:
+        if isinstance(spec, ParamExpr):
+            return cls(name, float(spec.default), spec.expr, expr_mod.parse(spec.expr), scale)
+        return cls(name, float(spec), "", None, scale)
+
+    def resolve_noting(self, unit: Any) -> tuple[float, bool]:
+        """(value, whether the default stood in for a registry value the unit lacks)."""
+        if self.tree is None:
+            return self.default * self.scale, False
+        value = expr_mod.evaluate(self.tree, unit)
+        if value is None:
+            return self.default * self.scale, True
+        return value * self.scale, False
 
     def resolve(self, unit: Any) -> float:
-        value = self.default
-        if unit is not None:
-            for attr, factor, offset in self.sources:
-                raw = unit_param(unit, attr)
-                if raw is not None:
-                    value = raw * factor + offset
-                    break
-        if self.min is not None:
-            value = max(value, self.min)
-        if self.max is not None:
-            value = min(value, self.max)
-        return value
-
-
-def unit_param(unit: Any, attr: str) -> float | None:
-    """A registry parameter of a unit, or a derived one (full_travel_s)."""
-    if attr == "full_travel_s":
-        floors = getattr(unit, "floors", None)
-        speed = getattr(unit, "rated_speed_mps", None)
-        if not floors or not speed:
-            return None
-        # the tallest storey of domain.md §1.5 (4.5 m), plus acceleration and braking (≈ v / 0.5 m/s²)
-        # and the limiter's 10 s margin: a full run never trips it, a stuck motor does
-        return floors * 4.5 / speed + speed / 0.5 + 10.0
-    value = getattr(unit, attr, None)
-    return None if value is None else float(value)
+        return self.resolve_noting(unit)[0]
 
 
 @dataclass(frozen=True, slots=True)
 class HazardSpec:
-    source: str
-    grade: str
+    source: str  # hazard source id (part of the hazard id)
+    grade: str  # general | suspected_major | major
     deadline_days: int
     title: str
 
@@ -94,11 +88,16 @@ class Rule:
     title: str
     ctype: str  # state | count | followup | deadman | calendar | report
     description: str = ""
+    applies: str = ""  # lift | escalator | steam | hot_water | ""
     when: Cond | None = None
     clear: Cond | None = None
     when_src: str = ""
     clear_src: str = ""
     for_ms: ParamSpec | None = None
+    for_cases: tuple[tuple[Cond, int], ...] = ()  # (condition at the start, duration ms): first match
+    clear_after: Cond | None = None  # a clear that must hold clear_after_ms
+    clear_after_ms: int = 0
+    clear_after_src: str = ""
     confirm: int = 1  # readings that must show the condition before it counts (debounce)
     events: tuple[str, ...] = ()
     event_detail: dict[str, dict[str, Any]] = field(default_factory=dict)  # code -> detail that must match
@@ -108,7 +107,6 @@ class Rule:
     suppress: frozenset[str] = frozenset()
     suppress_events: bool = False
     inhibited_by: tuple[str, ...] = ()
-    applies: str = ""  # "steam" | "hot_water" | ""
     hazard: HazardSpec | None = None
     centre: bool = False
     regulator: bool = False
@@ -117,21 +115,24 @@ class Rule:
     count_of: tuple[str, ...] = ()
     count_n: int = 0
     window_ms: int = 0
-    # calendar / report rules
+    # followup / calendar / report rules
+    open_for: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     index: int = 0
+    spec: RuleSpec | None = None  # the validated catalogue entry (sources, assumptions) for display
 
 
 @dataclass(slots=True)
 class Derived:
-    """A value computed from telemetry before rules run (rate of change, saturation margin)."""
+    """A value computed from telemetry before rules run (rate of change, saturation margin...)."""
 
     name: str
-    func: str  # rate | tsat_margin | efficiency
-    source: str = ""
+    func: str  # rate | tsat_margin | efficiency | handrail_deviation | direction_mismatch
+    source: str = ""  # the telemetry field it is computed from
     window_ms: int = 30_000
     per_ms: int = 60_000
     kind: str = "boiler"
+    spec: DerivedSpec | None = None
 
 
 @dataclass(slots=True)
@@ -141,42 +142,45 @@ class Catalogue:
     rules: list[Rule]
     derived: list[Derived]
     path: Path | None = None
+    doc: CatalogueDoc | None = None
 
     def by_id(self) -> dict[str, Rule]:
         return {r.id: r for r in self.rules}
+
+    def citations(self) -> list[tuple[str, Citation]]:
+        """Every citation with what cites it (for the inspectors' listing)."""
+        out: list[tuple[str, Citation]] = []
+        if self.doc is None:
+            return out
+        for rule in self.doc.rules:
+            out += [(rule.id, c) for c in rule.source]
+            if rule.hazard is not None:
+                out += [(f"{rule.id} hazard", c) for c in rule.hazard.source]
+        return out
 
 
 # --------------------------------------------------------------------------- compile conditions
 
 
-def _literal(value: Any, params: dict[str, ParamSpec], rule_id: str) -> str:
+def _literal(value: Any) -> str:
     if isinstance(value, str) and value.startswith("$"):
-        name = value[1:]
-        if name not in params:
-            raise CatalogueError(f"rule {rule_id}: unknown parameter {value}")
-        return f"t[{name!r}]"
+        return f"t[{value[1:]!r}]"
     if isinstance(value, list):
-        return "{" + ", ".join(_literal(x, params, rule_id) for x in value) + ",}"
-    if isinstance(value, bool | int | float | str) or value is None:
-        return repr(value)
-    raise CatalogueError(f"rule {rule_id}: unsupported value {value!r}")
+        return "{" + ", ".join(_literal(x) for x in value) + ",}"
+    return repr(value)
 
 
-def _clause(
-    spec: Any, params: dict[str, ParamSpec], rule_id: str, fields: list[str], counter: list[int]
-) -> str:
-    """One condition node to a Python expression; a missing field makes a clause False."""
+def _clause(spec: Any, fields: list[str], counter: list[int]) -> str:
+    """One (validated) condition node to a Python expression; a missing field makes a clause False."""
     if isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and spec[1] in OPS:
         name, op, value = spec
         src = "p" if name.startswith("prev.") else "v"
         fname = name[5:] if src == "p" else name
         if fname not in fields:
             fields.append(fname)
-        lit = _literal(value, params, rule_id)
+        lit = _literal(value)
         get = f"{src}.get({fname!r})"
         if op in ("in", "not_in"):
-            if not isinstance(value, list):
-                raise CatalogueError(f"rule {rule_id}: {op} needs a list")
             return f"({get} {'in' if op == 'in' else 'not in'} {lit})"
         if op in ("==", "!="):
             if isinstance(value, bool):
@@ -186,24 +190,17 @@ def _clause(
         tmp = f"_x{counter[0]}"
         return f"(({tmp} := {get}) is not None and {tmp} {op} {lit})"
     if isinstance(spec, list):
-        if not spec:
-            raise CatalogueError(f"rule {rule_id}: empty condition")
-        return "(" + " and ".join(_clause(s, params, rule_id, fields, counter) for s in spec) + ")"
-    if isinstance(spec, dict) and len(spec) == 1:
-        ((key, body),) = spec.items()
-        if key == "all":
-            return _clause(list(body), params, rule_id, fields, counter)
-        if key == "any":
-            return "(" + " or ".join(_clause(s, params, rule_id, fields, counter) for s in body) + ")"
-        if key == "not":
-            return f"(not {_clause(body, params, rule_id, fields, counter)})"
-    raise CatalogueError(f"rule {rule_id}: cannot read condition {spec!r}")
+        return "(" + " and ".join(_clause(s, fields, counter) for s in spec) + ")"
+    ((key, body),) = spec.items()
+    if key == "all":
+        return _clause(list(body), fields, counter)
+    if key == "any":
+        return "(" + " or ".join(_clause(s, fields, counter) for s in body) + ")"
+    return f"(not {_clause(body, fields, counter)})"
 
 
-def compile_condition(
-    spec: Any, params: dict[str, ParamSpec], rule_id: str, fields: list[str]
-) -> tuple[Cond, str]:
-    expr = _clause(spec, params, rule_id, fields, [0])
+def compile_condition(spec: Any, rule_id: str, fields: list[str]) -> tuple[Cond, str]:
+    expr = _clause(spec, fields, [0])
     src = f"lambda v, p, t: bool{expr}"
     return eval(compile(src, f"<rule {rule_id}>", "eval"), {"__builtins__": {"bool": bool}}), expr
 
@@ -241,7 +238,7 @@ def prev_fields(rules: list[Rule]) -> tuple[str, ...]:
     """Fields whose previous value some condition reads (``prev.<field>``)."""
     found: list[str] = []
     for r in rules:
-        for m in re.finditer(r"p\.get\('(\w+)'\)", r.when_src + r.clear_src):
+        for m in re.finditer(r"p\.get\('(\w+)'\)", r.when_src + r.clear_src + r.clear_after_src):
             if m.group(1) not in found:
                 found.append(m.group(1))
     return tuple(found)
@@ -253,181 +250,87 @@ def prev_getter(fields: tuple[str, ...]) -> Callable[[dict[str, Any]], dict[str,
     return eval(compile(src, "<prev>", "eval"), {"__builtins__": {}})
 
 
-def _param(name: str, spec: Any, rule_id: str) -> ParamSpec:
-    if isinstance(spec, int | float) and not isinstance(spec, bool):
-        return ParamSpec(name, float(spec))
-    if not isinstance(spec, dict) or "default" not in spec:
-        raise CatalogueError(f"rule {rule_id}: parameter {name} needs a number or {{from, factor, default}}")
-    sources: list[tuple[str, float, float]] = []
-    raw = spec.get("from", [])
-    if isinstance(raw, str):
-        raw = [raw]
-    for item in raw:
-        if isinstance(item, str):
-            attr, factor, offset = item, float(spec.get("factor", 1.0)), float(spec.get("offset", 0.0))
-        else:
-            attr, factor, offset = item[0], float(item[1]), float(item[2]) if len(item) > 2 else 0.0
-        if attr not in UNIT_PARAMS:
-            raise CatalogueError(f"rule {rule_id}: parameter {name} uses unknown unit attribute {attr}")
-        sources.append((attr, factor, offset))
-    return ParamSpec(name, float(spec["default"]), tuple(sources), spec.get("min"), spec.get("max"))
-
-
-def _duration_ms(value: Any) -> int:
-    return round(float(value) * 1000)
-
-
-def compile_rule(raw: dict[str, Any], index: int) -> Rule:
-    rid = raw.get("id")
-    if not isinstance(rid, str) or not rid:
-        raise CatalogueError(f"rule #{index}: no id")
-    level = raw.get("level")
-    if level not in LEVELS:
-        raise CatalogueError(f"rule {rid}: level must be one of {LEVELS}")
-    ctype = raw.get("type", "state")
-    params = {n: _param(n, s, rid) for n, s in (raw.get("params") or {}).items()}
+def compile_rule(spec: RuleSpec, index: int) -> Rule:
+    """A validated catalogue entry as the engine's :class:`Rule`."""
     fields: list[str] = []
+    events = [e if isinstance(e, str) else e.code for e in spec.events]
     rule = Rule(
-        id=rid,
-        kind=raw.get("kind", "any"),
-        level=level,
-        title=raw.get("title", rid),
-        ctype=ctype,
-        description=raw.get("description", ""),
-        events=tuple(e["code"] if isinstance(e, dict) else e for e in raw.get("events", ())),
-        event_detail={
-            e["code"]: dict(e.get("detail", {})) for e in raw.get("events", ()) if isinstance(e, dict)
-        },
-        event_auto_resolve_ms=_duration_ms(raw.get("event_auto_resolve_s", 0)),
-        suppress=frozenset(raw.get("suppress", ())),
-        suppress_events=bool(raw.get("suppress_events", False)),
-        inhibited_by=tuple(raw.get("inhibited_by", ())),
-        applies=raw.get("applies", ""),
-        centre=bool(raw.get("centre", level == "P1")),
-        regulator=bool(raw.get("regulator", False)),
-        titles=dict(raw.get("titles", {})),
-        extra=dict(raw.get("settings", {})),
-        confirm=int(raw.get("confirm_readings", 1)),
+        id=spec.id,
+        kind=spec.kind,
+        level=spec.level,
+        title=spec.title,
+        ctype=spec.type,
+        description=spec.description.strip(),
+        applies=spec.applies or "",
+        events=tuple(events),
+        event_detail={e.code: dict(e.detail) for e in spec.events if not isinstance(e, str) and e.detail},
+        event_auto_resolve_ms=round(spec.event_auto_resolve_s * 1000),
+        suppress=frozenset(spec.suppress),
+        suppress_events=spec.suppress_events,
+        inhibited_by=tuple(spec.inhibited_by),
+        centre=spec.centre if spec.centre is not None else (spec.level == "P1" and spec.kind != "boiler"),
+        titles=dict(spec.titles),
+        confirm=spec.confirm_readings,
+        open_for=tuple(spec.open_for),
+        extra={k: v for k, v in (("check", spec.check), ("days", spec.days), ("report", spec.report)) if v},
         index=index,
+        spec=spec,
     )
-    if rule.kind not in ("elevator", "boiler", "any"):
-        raise CatalogueError(f"rule {rid}: kind must be elevator, boiler or any")
-    bad = rule.suppress - SUPPRESS_REASONS
-    if bad:
-        raise CatalogueError(f"rule {rid}: unknown suppression reason(s) {sorted(bad)}")
-    if "when" in raw:
-        rule.when, rule.when_src = compile_condition(raw["when"], params, rid, fields)
-    if "clear_when" in raw:
-        rule.clear, rule.clear_src = compile_condition(raw["clear_when"], params, rid, fields)
-    fs = raw.get("for_s", 0)
-    rule.for_ms = _param("for_s", fs, rid)
-    rule.for_ms = ParamSpec(
-        "for_ms",
-        rule.for_ms.default * 1000,
-        tuple((a, f * 1000, o * 1000) for a, f, o in rule.for_ms.sources),
-        None if rule.for_ms.min is None else rule.for_ms.min * 1000,
-        None if rule.for_ms.max is None else rule.for_ms.max * 1000,
+    if spec.when is not None:
+        rule.when, rule.when_src = compile_condition(spec.when, spec.id, fields)
+    if spec.clear_when is not None:
+        rule.clear, rule.clear_src = compile_condition(spec.clear_when, spec.id, fields)
+    if spec.clear_after is not None:
+        rule.clear_after, rule.clear_after_src = compile_condition(spec.clear_after.when, spec.id, fields)
+        rule.clear_after_ms = round(spec.clear_after.for_s * 1000)
+    rule.for_cases = tuple(
+        (compile_condition(case.when, spec.id, fields)[0], round(case.for_s * 1000))
+        for case in spec.for_s_cases
     )
-    rule.fields = tuple(f for f in fields)
-    rule.params = tuple(params.values())
-    if "hazard" in raw:
-        hz = raw["hazard"]
-        if hz.get("grade") not in GRADES:
-            raise CatalogueError(f"rule {rid}: hazard grade must be general or major")
-        rule.hazard = HazardSpec(
-            source=hz.get("source", rid.split(".")[-1]),
-            grade=hz["grade"],
-            deadline_days=int(hz.get("deadline_days", 30 if hz["grade"] == "general" else 15)),
-            title=hz.get("title", rule.title),
-        )
-        if hz["grade"] == "major":
-            rule.regulator = bool(raw.get("regulator", True))
-    if ctype == "count":
-        cnt = raw.get("count") or {}
-        rule.count_of = tuple(cnt.get("of", ()))
-        rule.count_n = int(cnt.get("n", 3))
-        rule.window_ms = _duration_ms(cnt.get("window_s", 30 * 86400))
-        if not rule.count_of:
-            raise CatalogueError(f"rule {rid}: count needs of: [rule ids]")
-    elif ctype == "state":
-        if rule.when is None and not rule.events:
-            raise CatalogueError(f"rule {rid}: a state rule needs when: or events:")
-    elif ctype == "followup":
-        if "open_for" not in rule.extra:
-            raise CatalogueError(f"rule {rid}: a followup rule needs settings: {{open_for: <rule id>}}")
-    elif ctype not in ("deadman", "calendar", "report"):
-        raise CatalogueError(f"rule {rid}: unknown type {ctype}")
+    rule.for_ms = ParamSpec.of("for_s", spec.for_s, scale=1000.0)
+    rule.fields = tuple(fields)
+    rule.params = tuple(ParamSpec.of(name, p) for name, p in spec.params.items())
+    if spec.hazard is not None:
+        hz = spec.hazard
+        rule.hazard = HazardSpec(source=hz.id, grade=hz.grade, deadline_days=hz.deadline_days, title=hz.title)
+    rule.regulator = (
+        spec.regulator
+        if spec.regulator is not None
+        else rule.hazard is not None and rule.hazard.grade in ("major", "suspected_major")
+    )
+    if spec.count is not None:
+        rule.count_of = tuple(spec.count.of)
+        rule.count_n = spec.count.n
+        rule.window_ms = round(spec.count.window_s * 1000)
     return rule
 
 
-def load_catalogue(path: Path | str | None = None) -> Catalogue:
-    """Read and compile a catalogue file; raises :class:`CatalogueError` with the culprit."""
-    path = Path(path) if path else DEFAULT_CATALOGUE
-    with path.open(encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh)
-    if not isinstance(raw, dict) or "version" not in raw or "rules" not in raw:
-        raise CatalogueError(f"{path}: needs version: and rules:")
-    rules = [compile_rule(r, i) for i, r in enumerate(raw["rules"])]
-    ids = [r.id for r in rules]
-    dup = {i for i in ids if ids.count(i) > 1}
-    if dup:
-        raise CatalogueError(f"{path}: duplicate rule id(s) {sorted(dup)}")
-    known = set(ids)
-    for r in rules:
-        for ref in (*r.inhibited_by, *r.count_of, *([r.extra["open_for"]] if r.ctype == "followup" else [])):
-            if ref not in known:
-                raise CatalogueError(f"rule {r.id}: refers to unknown rule {ref}")
-    derived = []
-    for name, spec in (raw.get("derived") or {}).items():
-        derived.append(
-            Derived(
-                name=name,
-                func=spec["func"],
-                source=spec.get("source", ""),
-                window_ms=_duration_ms(spec.get("window_s", 30)),
-                per_ms=_duration_ms(spec.get("per_s", 60)),
-                kind=spec.get("kind", "boiler"),
-            )
+def compile_document(doc: CatalogueDoc, path: Path | None = None) -> Catalogue:
+    rules = [compile_rule(spec, i) for i, spec in enumerate(doc.rules)]
+    derived = [
+        Derived(
+            name=name,
+            func=spec.func,
+            source=spec.field or "",
+            window_ms=round(spec.window_s * 1000),
+            per_ms=round(spec.per_s * 1000),
+            kind=spec.kind,
+            spec=spec,
         )
-    return Catalogue(str(raw["version"]), dict(raw.get("settings") or {}), rules, derived, path)
+        for name, spec in doc.derived.items()
+    ]
+    settings = doc.settings.model_dump()
+    return Catalogue(doc.version, settings, rules, derived, path, doc)
 
 
-# --------------------------------------------------------------------------- physics helpers
-
-# Saturation temperature of water (°C) against absolute pressure (MPa), IAPWS-IF97 values.
-_TSAT_TABLE = (
-    (0.101325, 100.0),
-    (0.2, 120.2),
-    (0.3, 133.5),
-    (0.4, 143.6),
-    (0.5, 151.8),
-    (0.6, 158.8),
-    (0.7, 165.0),
-    (0.8, 170.4),
-    (0.9, 175.4),
-    (1.0, 179.9),
-    (1.2, 188.0),
-    (1.4, 195.0),
-    (1.6, 201.4),
-    (1.8, 207.1),
-    (2.0, 212.4),
-    (2.5, 224.0),
-    (3.0, 233.9),
-    (4.0, 250.4),
-    (5.0, 263.9),
-    (6.0, 275.6),
-    (8.0, 295.0),
-    (10.0, 311.0),
-)
-
-
-def tsat_c(gauge_mpa: float) -> float:
-    """Saturation temperature at a gauge pressure (linear in log p between table points)."""
-    p = gauge_mpa + 0.101325
-    table = _TSAT_TABLE
-    if p <= table[0][0]:
-        return table[0][1]
-    for (p0, t0), (p1, t1) in itertools.pairwise(table):
-        if p <= p1:
-            return t0 + (t1 - t0) * (math.log(p) - math.log(p0)) / (math.log(p1) - math.log(p0))
-    return table[-1][1]
+def load_catalogue(path: Path | str | None = None) -> Catalogue:
+    """Read, validate and compile a catalogue file; raises :class:`CatalogueError` with every problem."""
+    path = Path(path) if path else DEFAULT_CATALOGUE
+    try:
+        raw, lines = read_yaml(path)
+    except OSError as exc:
+        raise CatalogueError(path, [Problem("catalogue", "", f"cannot read: {exc}")]) from None
+    doc, problems = check_document(raw, lines)
+    if problems or doc is None:
+        raise CatalogueError(path, problems)
+    return compile_document(doc, path)

@@ -117,13 +117,42 @@ def report(name: str, t_s: float, **body: Any) -> dict[str, Any]:
     }
 
 
+def minimal_catalogue(rules_yaml: str, version: str = "test.1", **settings: Any) -> str:
+    """A complete, valid catalogue text around ``rules_yaml`` (the indented items of ``rules:``).
+
+    Settings default to the shipped values and are all marked as assumptions, so a test only
+    writes the rules it is about."""
+    values: dict[str, Any] = {
+        "lateness_s": 10,
+        "heartbeat_s": 60,
+        "offline_after_heartbeats": 3,
+        "record_gaps": True,
+        "maintenance_default_s": 14400,
+        "flap": {"window_s": 600, "max_opens": 3, "hold_s": 300},
+        "calendar_every_s": 3600,
+        "closed_hazard_retention_days": 90,
+        "supervision_at_grading": {"general": "none", "suspected_major": "none", "major": "district"},
+        "centre_id": "96333",
+        "utc_offset_h": 8,
+    }
+    values.update(settings)
+    import json
+
+    lines = [f'version: "{version}"', "references:", "  test: {title: a test reference}", "settings:"]
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in values.items()]
+    lines.append("settings_basis:")
+    lines += [f"  {k}: {{assumption: true, why: a value for tests only}}" for k in values]
+    lines.append("rules:")
+    return "\n".join(lines) + "\n" + rules_yaml
+
+
 class Run:
     """Feed messages through one engine and collect everything it emitted."""
 
     def __init__(self, engine: RuleEngine, unit: Unit | None = None) -> None:
         self.engine = engine
         self.unit = unit
-        self.state: dict[str, Any] | None = None
+        self.state: Any = None  # a UnitState after the first message
         self.alerts: list[Alert] = []
         self.hazards: list[Any] = []
         self.outcomes: list[Outcome] = []
@@ -152,4 +181,4 @@ class Run:
         return [(a.rule, a.state) for a in self.alerts]
 
     def open_rules(self) -> set[str]:
-        return set(self.state["a"]) if self.state else set()
+        return set(self.state.alerts) if self.state else set()

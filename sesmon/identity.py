@@ -74,9 +74,19 @@ def report_refusal(
         return f"{principal.username} is not the maintenance firm of this unit ({unit_firm_id})"
     if report == "hazard":
         action = body.get("action")
-        if action == "rectified" and role == "firm" and principal.id == unit_firm_id:
+        own_firm = role == "firm" and principal.id == unit_firm_id
+        if action in ("rectified", "stop_use") and own_firm:
             return None
-        if action in ("verified", "reopened", "supervise") and role == "inspector":
+        inspector_actions = (
+            "verified",
+            "reopened",
+            "supervise",
+            "withdrawn",
+            "regrade",
+            "stop_use",
+            "return_to_service",
+        )
+        if action in inspector_actions and role == "inspector":
             return None
         return f"{principal.username} ({role}) may not report hazard action {action!r}"
     if report in ("inspection", "accident"):

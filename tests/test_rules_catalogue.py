@@ -46,6 +46,19 @@ STEAM: dict[str, Any] = dict(
 HOT: dict[str, Any] = dict(
     pressure_mpa=0.6, outlet_temp_c=90.0, return_temp_c=70.0, burner="high_fire", fuel_flow_nm3h=200.0
 )
+ESC: dict[str, Any] = dict(
+    mode="normal",
+    moving=True,
+    direction="up",
+    set_direction="up",
+    speed_mps=0.5,
+    handrail_left_mps=0.5,
+    handrail_right_mps=0.505,
+    missing_step=False,
+    emergency_stop=False,
+    safety_circuit_open=False,
+    power="mains",
+)
 
 
 class Seq:
@@ -60,7 +73,18 @@ class Seq:
 
 
 def el(times: Iterable[float], **kw: Any) -> Callable[[Seq], list[dict[str, Any]]]:
-    return lambda s: [tele(E, "E1", t, s(), **{**IDLE_E, **kw}) for t in times]
+    fields = {**IDLE_E, **kw}
+    if "door_lock_circuit_open" not in kw:  # a working lock circuit opens whenever the door is not closed
+        fields["door_lock_circuit_open"] = fields["door"] != "closed"
+    return lambda s: [tele(E, "E1", t, s(), **fields) for t in times]
+
+
+def esc(times: Iterable[float], **kw: Any) -> Callable[[Seq], list[dict[str, Any]]]:
+    return lambda s: [tele(E, "E1", t, s(), **{**ESC, **kw}) for t in times]
+
+
+def escalator(**kw: Any) -> Any:
+    return elevator(type_code="3310", rated_speed_mps=0.5, floors=None, **kw)
 
 
 def st(times: Iterable[float], **kw: Any) -> Callable[[Seq], list[dict[str, Any]]]:
@@ -124,7 +148,7 @@ CASES: list[Case] = [
         "elevator.trapped",
         "none",
         elevator,
-        [el([0, 10, 20], **TRAPPED), el([22, 40], door="open", **TRAPPED)],
+        [el([0, 10, 15], **TRAPPED), el([17, 40], door="open", **TRAPPED)],
     ),
     Case(
         "elevator.trapped",
@@ -146,27 +170,83 @@ CASES: list[Case] = [
         "elevator.unintended_movement",
         "fires",
         elevator,
-        [el([0], door="open"), el([1], door="open", moving=True, speed_mps=0.3)],
+        [el([0], door="open"), el([1], door="open", moving=True, speed_mps=0.5)],
+    ),
+    Case(
+        "elevator.unintended_movement",
+        "fires",
+        elevator,
+        [el([0], door="open"), el([1], door="open", moving=True, speed_mps=0.2, door_zone=False)],
+        "left the zone",
     ),
     Case("elevator.unintended_movement", "none", elevator, [el([0]), el([1], moving=True, speed_mps=0.5)]),
     Case(
         "elevator.unintended_movement",
+        "none",
+        elevator,
+        [el([0], door="open"), el([1], door="open", moving=True, speed_mps=0.3)],
+        "re-levelling",
+    ),
+    Case(
+        "elevator.unintended_movement",
         "clears",
         elevator,
-        [el([0], door="open"), el([1], door="open", moving=True, speed_mps=0.3), el([2], door="open")],
+        [el([0], door="open"), el([1], door="open", moving=True, speed_mps=0.5), el([2], door="open")],
     ),
     Case(
         "elevator.door_open_while_running",
         "fires",
         elevator,
-        [el([0], moving=True, speed_mps=1.0), el([1], moving=True, speed_mps=1.0, door="opening")],
+        [
+            el([0], moving=True, speed_mps=1.0, door_zone=False),
+            el([1], moving=True, speed_mps=1.0, door="opening", door_zone=False),
+        ],
     ),
     Case("elevator.door_open_while_running", "none", elevator, [el([0, 1, 2], moving=True, speed_mps=1.0)]),
     Case(
         "elevator.door_open_while_running",
+        "none",
+        elevator,
+        [el([0], moving=True, speed_mps=0.9), el([1], moving=True, speed_mps=0.6, door="opening")],
+        "pre-opening",
+    ),
+    Case(
+        "elevator.door_open_while_running",
         "clears",
         elevator,
-        [el([0], moving=True, speed_mps=1.0), el([1], moving=True, door="open"), el([2], door="open")],
+        [
+            el([0], moving=True, speed_mps=1.0, door_zone=False),
+            el([1], moving=True, door="open", door_zone=False),
+            el([2], door="open"),
+        ],
+    ),
+    Case(
+        "elevator.door_lock_jumpered",
+        "fires",
+        elevator,
+        [el([0, 4], door="open", door_lock_circuit_open=False)],
+    ),
+    Case("elevator.door_lock_jumpered", "none", elevator, [el([0, 4, 8], door="open")]),
+    Case(
+        "elevator.door_lock_jumpered",
+        "none",
+        elevator,
+        [el([0], door="open", door_lock_circuit_open=False), el([4], door="open")],
+        "one reading",
+    ),
+    Case(
+        "elevator.door_lock_jumpered",
+        "clears",
+        elevator,
+        [el([0, 4], door="open", door_lock_circuit_open=False), el([5], door="open")],
+    ),
+    Case("elevator.power_loss_occupied", "fires", elevator, [el([0, 11], power="off", occupied=True)]),
+    Case("elevator.power_loss_occupied", "none", elevator, [el([0, 11], power="off")]),
+    Case(
+        "elevator.power_loss_occupied",
+        "clears",
+        elevator,
+        [el([0, 11], power="battery", occupied=True), el([12], occupied=True)],
     ),
     Case("elevator.overtravel_top", "fires", elevator, [el([0], up_limit=True)]),
     Case("elevator.overtravel_top", "none", elevator, [el([0, 1], floor=12)]),
@@ -242,6 +322,35 @@ CASES: list[Case] = [
         [el([0, 6], door_lock_circuit_open=True), el([7])],
     ),
     Case("elevator.power_failure", "fires", elevator, [el([0, 6], power="off")]),
+    Case(
+        "elevator.brake_dragging",
+        "fires",
+        elevator,
+        [el([0, 3], moving=True, speed_mps=1.0, door_zone=False, brake="applied")],
+    ),
+    Case(
+        "elevator.brake_dragging",
+        "none",
+        elevator,
+        [el([0, 3], moving=True, speed_mps=1.0, door_zone=False, brake="lifted")],
+    ),
+    Case(
+        "elevator.brake_dragging",
+        "clears",
+        elevator,
+        [
+            el([0, 3], moving=True, speed_mps=1.0, door_zone=False, brake="applied"),
+            el([4], moving=True, speed_mps=1.0, door_zone=False, brake="lifted"),
+        ],
+    ),
+    Case("elevator.brake_not_applied", "fires", elevator, [el([0, 4], door="open", brake="lifted")]),
+    Case("elevator.brake_not_applied", "none", elevator, [el([0, 4], door="open", brake="applied")]),
+    Case(
+        "elevator.brake_not_applied",
+        "clears",
+        elevator,
+        [el([0, 4], door="open", brake="lifted"), el([5], door="open", brake="applied")],
+    ),
     Case("elevator.power_failure", "none", elevator, [el([0], power="battery"), el([3])]),
     Case(
         "elevator.power_failure",
@@ -448,19 +557,34 @@ CASES: list[Case] = [
         boiler,
         [st([0, 11], pressure_mpa=1.35), st([12], pressure_mpa=1.2)],
     ),
-    Case("boiler.extreme_low_water", "fires", boiler, [st([0], water_level_mm=-105)]),
+    Case("boiler.extreme_low_water", "fires", boiler, [st([0], water_level_mm=-125)]),
+    Case("boiler.extreme_low_water", "none", boiler, [st([0, 5], water_level_mm=-105)]),
     Case(
         "boiler.extreme_low_water",
         "none",
         lambda: boiler(steam=False),
-        [st([0], water_level_mm=-105)],
+        [st([0], water_level_mm=-125)],
         "hot water",
     ),
     Case(
         "boiler.extreme_low_water",
         "clears",
         boiler,
-        [st([0], water_level_mm=-105), st([5], water_level_mm=-60)],
+        [st([0], water_level_mm=-125), st([5], water_level_mm=-60)],
+    ),
+    Case("boiler.overpressure_running", "fires", boiler, [st([0, 6, 12], pressure_mpa=1.26)]),
+    Case(
+        "boiler.overpressure_running",
+        "none",
+        boiler,
+        [st([0], pressure_mpa=1.26), st([2, 12], pressure_mpa=1.26, burner="lockout", fuel_flow_nm3h=0.0)],
+        "trip acted",
+    ),
+    Case(
+        "boiler.overpressure_running",
+        "clears",
+        boiler,
+        [st([0, 6, 12], pressure_mpa=1.26), st([13], pressure_mpa=1.1)],
     ),
     Case("boiler.low_water_trip_failed", "fires", boiler, [st([0, 6], water_level_mm=-130)]),
     Case(
@@ -484,7 +608,22 @@ CASES: list[Case] = [
     ),
     # 0.6 MPa(g) → Tsat ≈ 165 °C; 150 °C leaves 15 K < 20 K
     Case("boiler.over_temperature", "fires", lambda: boiler(steam=False), [hw([0, 6], outlet_temp_c=150.0)]),
-    Case("boiler.over_temperature", "none", lambda: boiler(steam=False), [hw([0, 6], outlet_temp_c=130.0)]),
+    # default rated outlet 115 °C → alarm at 125 °C, a temperature real systems reach
+    Case(
+        "boiler.over_temperature",
+        "fires",
+        lambda: boiler(steam=False),
+        [hw([0, 6], outlet_temp_c=126.0)],
+        "above rated",
+    ),
+    Case(
+        "boiler.over_temperature",
+        "fires",
+        lambda: boiler(steam=False, rated_outlet_temp_c=95.0),
+        [hw([0, 6], outlet_temp_c=106.0)],
+        "registry rated 95",
+    ),
+    Case("boiler.over_temperature", "none", lambda: boiler(steam=False), [hw([0, 6], outlet_temp_c=118.0)]),
     Case(
         "boiler.over_temperature",
         "none",
@@ -496,7 +635,29 @@ CASES: list[Case] = [
         "boiler.over_temperature",
         "clears",
         lambda: boiler(steam=False),
-        [hw([0, 6], outlet_temp_c=150.0), hw([7], outlet_temp_c=135.0)],
+        [hw([0, 6], outlet_temp_c=150.0), hw([7], outlet_temp_c=110.0)],
+    ),
+    Case(
+        "boiler.over_temperature_running",
+        "fires",
+        lambda: boiler(steam=False),
+        [hw([0, 6, 12], outlet_temp_c=150.0)],
+    ),
+    Case(
+        "boiler.over_temperature_running",
+        "none",
+        lambda: boiler(steam=False),
+        [
+            hw([0], outlet_temp_c=150.0),
+            hw([2, 12], outlet_temp_c=150.0, burner="lockout", fuel_flow_nm3h=0.0),
+        ],
+        "trip acted",
+    ),
+    Case(
+        "boiler.over_temperature_running",
+        "clears",
+        lambda: boiler(steam=False),
+        [hw([0, 6, 12], outlet_temp_c=150.0), hw([13], outlet_temp_c=150.0, burner="lockout")],
     ),
     Case("boiler.fuel_without_flame", "fires", boiler, [st([0, 4], burner="off", fuel_flow_nm3h=50.0)]),
     Case(
@@ -607,6 +768,42 @@ CASES: list[Case] = [
         boiler,
         [st(every(0, 1860, 60), flue_gas_temp_c=200.0, o2_pct=9.0), st([1920])],
     ),
+    # ---------------------------------------------------------------- escalators (3310)
+    Case("escalator.reversal", "fires", escalator, [esc([0], direction="down")]),
+    Case("escalator.reversal", "none", escalator, [esc([0, 5])]),
+    Case(
+        "escalator.reversal",
+        "clears",
+        escalator,
+        [esc([0], direction="down"), esc([1], moving=False, direction="none", speed_mps=0.0)],
+    ),
+    Case("escalator.overspeed", "fires", escalator, [esc([0], speed_mps=0.65)]),
+    Case("escalator.overspeed", "none", escalator, [esc([0], speed_mps=0.58)]),
+    Case("escalator.overspeed", "clears", escalator, [esc([0], speed_mps=0.65), esc([1], speed_mps=0.5)]),
+    Case("escalator.missing_step", "fires", escalator, [esc([0], missing_step=True, moving=False)]),
+    Case("escalator.missing_step", "none", escalator, [esc([0, 60])]),
+    Case(
+        "escalator.missing_step",
+        "clears",
+        escalator,
+        [ev(E, 0, "missing_step"), ev(E, 600, "missing_step", "recover")],
+    ),
+    Case("escalator.handrail_speed", "fires", escalator, [esc(every(0, 16, 4), handrail_left_mps=0.4)]),
+    Case("escalator.handrail_speed", "none", escalator, [esc(every(0, 16, 4), handrail_left_mps=0.45)]),
+    Case(
+        "escalator.handrail_speed",
+        "clears",
+        escalator,
+        [esc(every(0, 16, 4), handrail_left_mps=0.4), esc([20])],
+    ),
+    Case("escalator.emergency_stop", "fires", escalator, [esc([0], emergency_stop=True, moving=False)]),
+    Case("escalator.emergency_stop", "none", escalator, [esc([0, 30])]),
+    Case(
+        "escalator.emergency_stop",
+        "clears",
+        escalator,
+        [esc([0], emergency_stop=True, moving=False), esc([60], moving=False, speed_mps=0.0)],
+    ),
 ]
 
 
@@ -665,22 +862,26 @@ def test_every_rule_is_covered(engine: RuleEngine) -> None:
 
 
 def test_catalogue_levels_match_domain(engine: RuleEngine) -> None:
-    """DESIGN.md §4 / domain.md §4.2: these are P1 (red), and the centre gets them."""
-    p1 = {
+    """DESIGN.md §4 / domain.md §4.2: these are P1 (red); the 96333 centre gets the elevator ones only."""
+    p1_elevator = {
         "elevator.trapped",
         "elevator.unintended_movement",
         "elevator.door_open_while_running",
         "elevator.overtravel_top",
         "elevator.overtravel_bottom",
         "elevator.overspeed",
+    }
+    p1_boiler = {
         "boiler.extreme_low_water",
         "boiler.overpressure",
         "boiler.over_temperature",
         "boiler.fuel_without_flame",
         "boiler.gas_leak",
     }
-    for rid in p1:
+    for rid in p1_elevator:
         assert engine.rules[rid].level == "P1" and engine.rules[rid].centre
+    for rid in p1_boiler:
+        assert engine.rules[rid].level == "P1" and not engine.rules[rid].centre
     for rid in ("offline", "elevator.door_held_open", "elevator.maintenance_overdue", "inspection_overdue"):
         assert engine.rules[rid].level == "P3"
     for rid in ("elevator.stopped_outside_door_zone", "elevator.safety_circuit_open", "boiler.low_water"):
