@@ -2,30 +2,66 @@
 
 Why it is built this way:
 - QoS 1 with paho's *manual* ack: the PUBACK for a message goes out only after Kafka
-  confirmed the record (delivery report, acks=all). If the bridge dies first, the broker
+  confirmed its record (delivery report, acks=all). If the bridge dies first, the broker
   still holds the message in our persistent session (clean_session=False) and redelivers it.
-- librdkafka batches records (linger 5 ms); delivery reports are served by a poll thread.
+- Every message is accounted for: it becomes either a record on its stream or a dead letter
+  with a reason, and is acked either way. Whatever a client sends cannot raise out of the
+  MQTT callback (a raise there ends paho's network thread, the message is never acked, and
+  the persistent session hands the same poison to every restart): an unexpected exception
+  is itself dead-lettered as ``internal_error``. Limits (size, JSON depth, dead-letter size)
+  are settings, and everything sent to the dead-letter topic is bounded to fit Kafka.
+- Two threads, two jobs. paho's thread validates and produces; the ``kafka-poll`` thread
+  serves delivery reports (acks), re-produces failed deliveries from a queue, publishes
+  stats, reloads the registry and watches the other thread. Nothing that the poll thread
+  must do to make progress ever waits on the paho thread, and a delivery callback never
+  blocks: a full local queue (BufferError) is waited out in the paho thread, with the shared
+  retry policy, while the poll thread keeps draining.
 - What is owed is bounded (``ingest_max_unacked``): past it the paho thread waits, so the
-  broker queues instead of us growing without limit (stack.md: paho's 65,535-id trap).
+  broker queues instead of us growing without limit (stack.md: paho's 65,535-id trap). The
+  retry queue holds only records already counted there, so it is bounded too.
+- A fatal Kafka client error (e.g. UNKNOWN_PRODUCER_ID after the broker lost its state) or
+  a dead thread ends the process with status 70 (:func:`sesmon.health.fatal`); the
+  supervisor restarts it, and whatever was not yet acked comes back from the session.
 - ``on_connect`` subscribes every time: after a broker restart the session is gone and a
   client that does not resubscribe loses data silently.
+- Reports and dispatch actions may name their publisher in the topic (sesmon.identity); the
+  broker's ACL guarantees the name, and the bridge checks what that publisher may say.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
-from ingest.vendor import VENDOR_ROOT, VendorError, vendor_to_canonical
+from ingest.vendor import MALFORMED, VENDOR_ROOT, VendorError, vendor_to_canonical
+from sesmon.health import Health, fatal
+from sesmon.identity import dispatch_refusal, principal_of, report_refusal
 from sesmon.kafka import dumps, ensure_topics, make_producer, stats_record
+from sesmon.mqtt import connect_async, make_client
 from sesmon.registry import Registry
-from sesmon.schemas import STREAM_OF, TOPIC_ROOT, BadInput, parse_mqtt
+from sesmon.retry import Stopping, retrying
+from sesmon.schemas import (
+    JSON_DEPTH_CEILING,
+    STREAM_OF,
+    TOPIC_ROOT,
+    BadInput,
+    Envelope,
+    json_depth_exceeds,
+    parse_mqtt,
+)
 from sesmon.settings import Settings
 
 log = logging.getLogger("sesmon.ingest")
@@ -34,39 +70,134 @@ SUBSCRIPTIONS = [(f"{TOPIC_ROOT}/#", 1), (f"{VENDOR_ROOT}/#", 1)]
 VENDOR_PREFIX = f"{VENDOR_ROOT}/"
 OWN_OUTPUT_PREFIXES = (f"{TOPIC_ROOT}/alerts/", f"{TOPIC_ROOT}/hazards/")
 
+#: dead-letter header and key bounds: an MQTT topic may be 65,535 bytes, a Kafka record may not grow so
+TOPIC_HEADER_MAX = 1024
+DETAIL_MAX = 1000
+#: delivery errors that no retry can cure: the record is replaced by a smaller dead letter
+PERMANENT_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError._INVALID_ARG,
+    }
+)
+RETRY_BACKOFF_MAX_S = 5.0
+#: producer epoch bumps with nothing delivered in between that mean a livelock: the broker forgot
+#: our producer id (Tansu after a restart) and librdkafka bumps the epoch and retries, forever
+EPOCH_BUMPS_FATAL = 10
+KAFKA_STATS_EVERY_MS = 1000
+WATCHDOG_EVERY_S = 1.0
+REGISTRY_EVERY_S = 5.0
+
+
+@dataclass(slots=True, eq=False)
+class _Record:
+    """One Kafka record owed for one MQTT message, and the PUBACK it earns once Kafka has it."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]] | None
+    timestamp: int
+    mid: int
+    qos: int
+    outcome: str  # counter bumped on delivery: "produced" or "dead_lettered"
+    mqtt_topic: bytes  # bounded, for a dead letter that replaces this record
+    received_ms: int
+    size: int  # of the MQTT payload
+    reason: str | None = None  # dead-letter reason
+    minimal: bool = False  # already the smallest dead letter there is
+    attempts: int = 0
+
+
+class _Every:
+    """Rate limit for log lines that an attacker or an outage could repeat a million times."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.next, self.skipped = seconds, 0.0, 0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now >= self.next:
+            self.next = now + self.seconds
+            return True
+        self.skipped += 1
+        return False
+
+
+def _raw_topic(msg: mqtt.MQTTMessage) -> bytes:
+    """The topic as bytes: ``msg.topic`` raises UnicodeDecodeError on invalid UTF-8."""
+    raw = getattr(msg, "_topic", b"")
+    return raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "backslashreplace")
+
+
+def _bounded_text(text: str, limit: int) -> bytes:
+    """UTF-8 of at most ``limit`` bytes, cut on a character boundary, never raising on odd text."""
+    data = text.encode("utf-8", "backslashreplace")[:limit]
+    return data.decode("utf-8", "ignore").encode()
+
 
 class IngestBridge:
-    def __init__(self, settings: Settings, registry: Registry | None, create_topics: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry | None,
+        create_topics: bool = True,
+        on_fatal: Callable[[str], None] | None = None,
+        producer_config: dict[str, Any] | None = None,
+    ) -> None:
+        """``on_fatal`` ends the process (status 70) by default; tests in one process record instead.
+
+        ``producer_config`` overrides librdkafka settings (tests: a tiny queue, a short timeout).
+        """
         self.settings = settings
         self.registry = registry
         self.counters: Counter[str] = Counter()
         self.dead_reasons: Counter[str] = Counter()
+        self.health = Health("ingest")
+        self._on_fatal = on_fatal or partial(fatal, "ingest")
+        self.fatal_error: str | None = None
         self._unacked = 0
         self._unacked_cv = threading.Condition()
+        self._retry_heap: list[tuple[float, int, _Record]] = []
+        self._retry_lock = threading.Lock()
+        self._retry_order = itertools.count()
         self._stop = threading.Event()
         self._drain_deadline = float("inf")  # set by stop(): how long the poll loop may still drain
         self._connected = threading.Event()
+        self._log_internal = _Every(10.0)
+        self._log_kafka = _Every(5.0)
         if create_topics:
             ensure_topics(settings)
-        self.producer = make_producer(settings)
+        self._last_kafka_error: str | None = None
+        self._delivered_total = 0  # successful deliveries, for the stall checks
+        self._epoch_mark: tuple[int, int] | None = None  # (producer epoch, deliveries) when last delivered
+        self._last_delivery = time.monotonic()
+        self.producer = make_producer(
+            settings,
+            error_cb=self._on_kafka_error,
+            stats_cb=self._on_kafka_stats,
+            **{"statistics.interval.ms": KAFKA_STATS_EVERY_MS, **(producer_config or {})},
+        )
         self.topics = {name: settings.topic(stream) for name, stream in STREAM_OF.items()}
         self.deadletter_topic = settings.topic("deadletter")
         self.client = self._make_client()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self.health.watch_thread("kafka-poll", self._poller)
 
     # ------------------------------------------------------------------ MQTT side
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.settings.mqtt_client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
-        )
+        settings = self.settings
+        client = make_client(settings, settings.mqtt_client_id, clean_session=False, manual_ack=True)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -76,108 +207,339 @@ class IngestBridge:
             return
         client.subscribe(SUBSCRIPTIONS)
         self.counters["mqtt_connects"] += 1
-        self._connected.set()
-        log.info("MQTT connected, subscribed to %s", [t for t, _ in SUBSCRIPTIONS])
+        log.info("MQTT connected, subscribing to %s", [t for t, _ in SUBSCRIPTIONS])
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any = None) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("MQTT broker refused a subscription: %s (check the ACL of this user)", refused)
+        self._connected.set()  # subscribed: from here on nothing published is missed
+        with self._unacked_cv:
+            self._unacked_cv.notify_all()  # for wait_until()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
         self._connected.clear()
         if not self._stop.is_set():
             log.warning("MQTT disconnected (%s); paho reconnects and we resubscribe", reason)
 
-    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """paho's callback: must never raise (a raise ends paho's network thread)."""
         received_ms = int(time.time() * 1000)
-        topic = msg.topic
+        raw_topic, payload = b"", b""
+        try:
+            raw_topic, payload = _raw_topic(msg), bytes(msg.payload)
+            if self._stop.is_set():
+                return  # shutting down: not acked, so the broker keeps it for the next session
+            record = self._decide(raw_topic, payload, received_ms, msg.mid, msg.qos)
+        except Exception as exc:
+            record = self._internal_error(exc, raw_topic, payload, received_ms, msg)
+        if record is not None:
+            self.counters["received"] += 1  # received = produced + dead-lettered, once delivered
+            self._submit(record)
+
+    def _internal_error(
+        self, exc: Exception, raw_topic: bytes, payload: bytes, received_ms: int, msg: mqtt.MQTTMessage
+    ) -> _Record:
+        self.counters["internal_errors"] += 1
+        if self._log_internal.due():
+            log.exception(
+                "ingest: unexpected %s on a message from %r; dead-lettered as internal_error "
+                "(%d more not logged)",
+                type(exc).__name__,
+                raw_topic[:200],
+                self._log_internal.skipped,
+            )
+            self._log_internal.skipped = 0
+        detail = f"{type(exc).__name__}: {exc}"
+        return self._dead_record(raw_topic, payload, "internal_error", detail, received_ms, msg.mid, msg.qos)
+
+    def _decide(
+        self, raw_topic: bytes, payload: bytes, received_ms: int, mid: int, qos: int
+    ) -> _Record | None:
+        """The record this message becomes (None: our own output, acked and skipped)."""
+        try:
+            topic = raw_topic.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            detail = f"topic is not UTF-8: {exc}"
+            return self._dead_record(raw_topic, payload, "bad_topic", detail, received_ms, mid, qos)
         if topic.startswith(OWN_OUTPUT_PREFIXES):
             # our own outgoing alerts and hazards come back through the wildcard; not input
             self.counters["own_output_skipped"] += 1
-            self._ack(msg.mid, msg.qos)
-            return
-        self.counters["received"] += 1
-        known = self.registry.kind_of if self.registry is not None else None
+            self._ack(mid, qos)
+            return None
         try:
-            canonical_topic, payload = topic, msg.payload
-            if topic.startswith(VENDOR_PREFIX):  # a GB/T 24476-style terminal publishing directly
-                if len(payload) > self.settings.max_payload_bytes:
-                    raise BadInput("oversize", f"{len(payload)} bytes")
-                try:
-                    canonical_topic, payload = vendor_to_canonical(topic, payload)
-                except VendorError as err:
-                    raise BadInput(f"vendor_{err.reason}", str(err)) from None
-                self.counters["vendor_mapped"] += 1
-            env = parse_mqtt(
-                canonical_topic,
-                payload,
-                received_ms,
-                known_device=known,
-                max_bytes=self.settings.max_payload_bytes,
-            )
+            env = self._validate(topic, payload, received_ms)
         except BadInput as bad:
-            self._dead_letter(topic, msg, bad, received_ms)
-            return
+            return self._dead_record(raw_topic, payload, bad.reason, bad.detail, received_ms, mid, qos)
+        return _Record(
+            topic=self.topics[env.type],
+            key=env.key.encode(),
+            value=dumps(env.model_dump(mode="json")),
+            headers=None,
+            timestamp=env.ts,
+            mid=mid,
+            qos=qos,
+            outcome="produced",
+            mqtt_topic=raw_topic[:TOPIC_HEADER_MAX],
+            received_ms=received_ms,
+            size=len(payload),
+        )
+
+    def _validate(self, topic: str, payload: bytes, received_ms: int) -> Envelope:
+        """Topic and bytes -> envelope, or BadInput with the reason: the whole rule book of ingest."""
+        settings = self.settings
+        if len(payload) > settings.max_payload_bytes:
+            raise BadInput("oversize", f"{len(payload)} bytes > {settings.max_payload_bytes}")
+        canonical_topic = topic
+        if topic.startswith(VENDOR_PREFIX):  # a GB/T 24476-style terminal publishing directly
+            depth = min(settings.max_json_depth, JSON_DEPTH_CEILING)
+            if json_depth_exceeds(payload, depth):
+                raise BadInput("too_deep", f"JSON nested deeper than {depth} levels")
+            try:
+                canonical_topic, payload = vendor_to_canonical(topic, payload)
+            except VendorError as err:
+                if err.reason in MALFORMED:
+                    raise BadInput("bad_vendor_payload", str(err)) from None
+                raise BadInput(f"vendor_{err.reason}", str(err)) from None
+            except Exception as exc:  # an adapter bug must not be a crash: the terminal's bytes are at fault
+                raise BadInput("bad_vendor_payload", f"{type(exc).__name__}: {exc}") from None
+            self.counters["vendor_mapped"] += 1
+        known = self.registry.kind_of if self.registry is not None else None
+        env = parse_mqtt(
+            canonical_topic,
+            payload,
+            received_ms,
+            known_device=known,
+            max_bytes=settings.max_payload_bytes,
+            max_depth=settings.max_json_depth,
+            require_identity=settings.mqtt_require_identity,
+        )
         if canonical_topic != topic:
             env.mqtt_topic = topic  # provenance: where the terminal really published
-        self._produce(
-            self.topics[env.type],
-            env.key.encode(),
-            dumps(env.model_dump(mode="json")),
-            msg,
-            "produced",
-            timestamp=env.ts,
-        )
+        if env.publisher is not None:
+            self._authorise(env)
+        return env
 
-    def _dead_letter(self, topic: str, msg: mqtt.MQTTMessage, bad: BadInput, received_ms: int) -> None:
-        self.dead_reasons[bad.reason] += 1
+    def _firm_of(self, device_id: str | None) -> str | None:
+        unit = self.registry.get(device_id) if self.registry is not None and device_id else None
+        return (unit.firm_id or None) if unit is not None else None
+
+    def _authorise(self, env: Envelope) -> None:
+        """May this publisher say this? The broker's ACL vouches for the name in the topic."""
+        assert env.publisher is not None
+        principal = principal_of(env.publisher)
+        if env.type == "report":
+            firm_id = self._firm_of(env.device_id)
+            refusal = report_refusal(principal, env.report or "", env.body, firm_id)
+            claimed = env.body.get("firm_id")
+            own_name = principal.role != "firm" or claimed == principal.id
+            if refusal is None and env.report == "maintenance" and not own_name:
+                refusal = f"{principal.username} reports maintenance in the name of firm {claimed!r}"
+        else:  # dispatch: alert ids are {device_id}.{rule}.{opened_ms}
+            unit = (env.alert_id or "").split(".", 1)[0]
+            refusal = dispatch_refusal(principal, self._firm_of(unit))
+        if refusal is not None:
+            raise BadInput("unauthorised", refusal)
+
+    def _dead_record(
+        self, raw_topic: bytes, payload: bytes, reason: str, detail: str, received_ms: int, mid: int, qos: int
+    ) -> _Record:
+        """A dead letter that always fits Kafka: value, key and every header are bounded."""
+        limit = self.settings.deadletter_max_bytes
+        topic = raw_topic[:TOPIC_HEADER_MAX]
         headers = [
-            ("mqtt_topic", topic.encode()),
-            ("reason", bad.reason.encode()),
-            ("detail", bad.detail.encode()[:1000]),
+            ("mqtt_topic", topic),
+            ("reason", reason.encode()),
+            ("detail", _bounded_text(detail, DETAIL_MAX)),
             ("received_ms", str(received_ms).encode()),
+            ("size", str(len(payload)).encode()),
         ]
-        self._produce(
-            self.deadletter_topic, topic.encode(), msg.payload, msg, "dead_lettered", headers=headers
+        if len(payload) > limit:
+            headers.append(("truncated", b"1"))
+        if len(raw_topic) > TOPIC_HEADER_MAX:
+            headers.append(("topic_size", str(len(raw_topic)).encode()))
+        return _Record(
+            self.deadletter_topic,
+            topic,
+            payload[:limit],
+            headers,
+            0,
+            mid,
+            qos,
+            "dead_lettered",
+            topic,
+            received_ms,
+            len(payload),
+            reason,
         )
 
-    def _produce(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        msg: mqtt.MQTTMessage,
-        outcome: str,
-        headers: list[tuple[str, bytes]] | None = None,
-        timestamp: int = 0,
-        bounded: bool = True,
-    ) -> None:
-        with self._unacked_cv:
-            while bounded and self._unacked >= self.settings.ingest_max_unacked and not self._stop.is_set():
-                self.counters["backpressure_waits"] += 1
-                self._unacked_cv.wait(0.1)
-            self._unacked += 1
-        mid, qos = msg.mid, msg.qos
+    def _smaller(self, record: _Record, why: str) -> _Record | None:
+        """What to send when Kafka refuses ``record`` for good (None: even the smallest was refused)."""
+        if record.minimal:
+            return None
+        if record.outcome == "produced":  # a valid message Kafka will not take: its envelope, cut short
+            value = record.value[: self.settings.deadletter_max_bytes]
+            reason, topic = "kafka_refused", record.mqtt_topic
+        else:  # a dead letter Kafka will not take: headers only, the smallest record there is
+            reason, value, topic = record.reason or "kafka_refused", b"", record.mqtt_topic[:256]
+        replacement = _Record(
+            self.deadletter_topic,
+            topic,
+            value,
+            [
+                ("mqtt_topic", topic),
+                ("reason", reason.encode()),
+                ("detail", _bounded_text(f"Kafka refused the {record.outcome} record: {why}", DETAIL_MAX)),
+                ("received_ms", str(record.received_ms).encode()),
+                ("size", str(record.size).encode()),
+            ],
+            0,
+            record.mid,
+            record.qos,
+            "dead_lettered",
+            topic,
+            record.received_ms,
+            record.size,
+            reason,
+            minimal=record.outcome != "produced",
+        )
+        self.counters["kafka_refused"] += 1
+        return replacement
 
-        def delivered(err: KafkaError | None, _record: Message) -> None:
-            if err is not None:
+    # ------------------------------------------------------------------ producing
+    def _submit(self, record: _Record) -> None:
+        """From the paho thread: wait for room, then produce. Never raises."""
+        taken = False
+        try:
+            with self._unacked_cv:
+                while self._unacked >= self.settings.ingest_max_unacked and not self._stop.is_set():
+                    self.counters["backpressure_waits"] += 1
+                    self._unacked_cv.wait(0.1)
                 if self._stop.is_set():
-                    return  # dying: the MQTT ack stays owed and the broker will redeliver
-                # librdkafka already retried for message.timeout.ms; try again, keep the MQTT ack owed
-                self.counters["kafka_errors"] += 1
-                log.error("Kafka refused a record for %s: %s; retrying", topic, err)
-                self._release()
-                self._produce(topic, key, value, msg, outcome, headers, timestamp, bounded=False)
-                return
-            self.counters[outcome] += 1
-            self._ack(mid, qos)
+                    return  # not acked: redelivered to the next session
+                self._unacked += 1
+                taken = True
+                self._unacked_cv.notify_all()  # wakes wait_until() watching ``received``
+            current: _Record | None = record
+            while current is not None:
+                try:
+                    self._produce_waiting(current)
+                    return  # the slot is released by the delivery report
+                except Stopping:
+                    break  # not produced, not acked: the broker keeps it for our session
+                except KafkaException as exc:
+                    current = self._refused_now(current, exc)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("ingest: could not hand a record to Kafka; the message stays unacked")
+        if taken:
             self._release()
 
-        while True:
-            try:
-                self.producer.produce(
-                    topic, value=value, key=key, headers=headers, timestamp=timestamp, on_delivery=delivered
-                )
+    def _produce_waiting(self, record: _Record) -> None:
+        """Produce; on a full local queue wait with the shared policy while the poll thread drains."""
+        try:
+            self._produce(record)
+            return
+        except BufferError:
+            self.counters["producer_queue_full"] += 1
+            with self._unacked_cv:
+                self._unacked_cv.notify_all()  # for wait_until()
+        waiting = retrying(
+            self._stop, on=BufferError, initial_s=0.005, max_wait_s=0.5, what="Kafka produce (queue full)"
+        )
+        for attempt in waiting:
+            with attempt:
+                self._produce(record)
+
+    def _produce(self, record: _Record) -> None:
+        self.producer.produce(
+            record.topic,
+            value=record.value,
+            key=record.key,
+            headers=record.headers,
+            timestamp=record.timestamp,
+            on_delivery=partial(self._delivered, record),
+        )
+
+    def _refused_now(self, record: _Record, exc: KafkaException) -> _Record | None:
+        """produce() raised: fatal ends the stage; a refused record is replaced by a smaller dead letter."""
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if err is None or err.fatal() or err.code() == KafkaError._FATAL:
+            self._fatal(f"Kafka producer refuses every record ({exc}); unacked messages are redelivered")
+            return None
+        smaller = self._smaller(record, f"{err.name()}: {err.str()}")
+        if smaller is None:
+            self._fatal(f"Kafka refuses even a minimal dead letter ({err.str()})")
+        return smaller
+
+    def _delivered(self, record: _Record, err: KafkaError | None, _msg: Message) -> None:
+        """Delivery report, served by poll()/flush(): acks on success, queues a retry on failure.
+
+        Never produces or waits here: a callback that blocks inside poll() stops the only
+        thread that could drain the queue.
+        """
+        try:
+            if err is None:
+                self._ack(record.mid, record.qos)
+                self.counters[record.outcome] += 1
+                if record.reason is not None:
+                    self.dead_reasons[record.reason] += 1
+                self._delivered_total += 1
+                self._last_delivery = time.monotonic()
+                self.health.progress()
+                self._release()  # last: it wakes wait_until(), which then sees the counters
                 return
+            if err.fatal():
+                self._fatal(f"Kafka delivery failed with fatal error {err.name()}: {err.str()}")
+                return
+            if self._stop.is_set():
+                self._release()  # dying: the MQTT ack stays owed and the broker will redeliver
+                return
+            self.counters["kafka_errors"] += 1
+            with self._unacked_cv:
+                self._unacked_cv.notify_all()  # for wait_until()
+            if self._log_kafka.due():
+                log.error("Kafka refused a record for %s: %s; queued for retry", record.topic, err)
+            retry: _Record | None = record
+            if err.code() in PERMANENT_ERRORS:
+                retry = self._smaller(record, f"{err.name()}: {err.str()}")
+                if retry is None:
+                    self._fatal(f"Kafka refuses even a minimal dead letter ({err.str()})")
+                    self._release()
+                    return
+            else:
+                retry.attempts += 1
+            self._queue_retry(retry)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("ingest: error in a Kafka delivery report")
+
+    def _queue_retry(self, record: _Record) -> None:
+        delay = min(RETRY_BACKOFF_MAX_S, 0.05 * 2 ** min(record.attempts, 10)) * random.random()
+        with self._retry_lock:
+            heapq.heappush(self._retry_heap, (time.monotonic() + delay, next(self._retry_order), record))
+
+    def _drain_retries(self) -> None:
+        """Poll thread: re-produce failed deliveries that are due; never blocks."""
+        now = time.monotonic()
+        while True:
+            with self._retry_lock:
+                if not self._retry_heap or self._retry_heap[0][0] > now:
+                    return
+                _, _, record = heapq.heappop(self._retry_heap)
+            try:
+                self._produce(record)
+                self.counters["kafka_retries"] += 1
             except BufferError:
-                self.counters["producer_queue_full"] += 1
-                time.sleep(0.005)
+                with self._retry_lock:  # full: try again on a later round, poll() drains meanwhile
+                    heapq.heappush(self._retry_heap, (now + 0.05, next(self._retry_order), record))
+                return
+            except KafkaException as exc:
+                smaller = self._refused_now(record, exc)
+                if smaller is None:
+                    self._release()
+                else:
+                    self._queue_retry(smaller)
 
     def _release(self) -> None:
         with self._unacked_cv:
@@ -186,60 +548,185 @@ class IngestBridge:
 
     def _ack(self, mid: int, qos: int) -> None:
         if qos > 0:
-            self.client.ack(mid, qos)
+            try:
+                self.client.ack(mid, qos)
+            except Exception as exc:  # a connection gone: the broker redelivers, Kafka dedups nothing
+                log.warning("MQTT ack of %d failed: %s", mid, exc)
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        """librdkafka's error_cb: fatal errors (an idempotent producer that lost its broker state) end us."""
+        if err.fatal():
+            self._fatal(f"Kafka producer fatal error {err.name()}: {err.str()}")
+            return
+        self.counters["kafka_client_errors"] += 1
+        self._last_kafka_error = f"{err.name()}: {err.str()}"
+        if self._log_kafka.due():
+            log.warning("Kafka: %s (librdkafka keeps retrying)", err.str())
+
+    def _on_kafka_stats(self, stats_json: str) -> None:
+        """librdkafka's statistics: catch the idempotent producer's silent livelock.
+
+        When the broker loses producer state (Tansu keeps nothing across a restart) librdkafka
+        answers UNKNOWN_PRODUCER_ID by bumping its epoch and retrying, forever, without an
+        error callback: ingest would stay up delivering nothing. Many bumps with no delivery
+        in between is that livelock (a real Kafka that expired our id bumps once, then delivers);
+        ending the process gets a fresh producer id.
+        """
+        try:
+            eos = orjson.loads(stats_json).get("eos") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        epoch = eos.get("producer_epoch")
+        if not isinstance(epoch, int):
+            return
+        mark = self._epoch_mark
+        if mark is None or mark[1] != self._delivered_total or epoch < mark[0]:
+            self._epoch_mark = (epoch, self._delivered_total)  # delivering: a new baseline
+            return
+        bumps = epoch - mark[0]
+        if bumps >= EPOCH_BUMPS_FATAL and not self._stop.is_set():
+            self._epoch_mark = (epoch, self._delivered_total)  # one report per livelock
+            self._fatal(
+                f"Kafka does not know this producer any more (UNKNOWN_PRODUCER_ID: producer epoch bumped "
+                f"{bumps} times with nothing delivered; did the broker restart and lose its state?)"
+            )
+
+    def _fatal(self, message: str) -> None:
+        if self.fatal_error is None:
+            self.fatal_error = message
+        self._on_fatal(f"{message}; MQTT messages not yet acked are redelivered after the restart")
 
     # ------------------------------------------------------------------ Kafka side
     def _poll_loop(self) -> None:
-        next_stats = time.monotonic()
-        next_registry = time.monotonic() + 5
+        try:
+            self._poll_forever()
+        except BaseException as exc:  # whatever it was, a stage without this thread is a zombie
+            log.exception("ingest: the Kafka poll thread failed")
+            self._fatal(f"the Kafka poll thread failed: {type(exc).__name__}: {exc}")
+
+    def _poll_forever(self) -> None:
+        now = time.monotonic()
+        next_stats, next_registry, next_watch = now, now + REGISTRY_EVERY_S, now + WATCHDOG_EVERY_S
         while not self._stop.is_set() or self._unacked > 0:
-            self.producer.poll(0.05)
+            try:
+                self.producer.poll(0.05)
+            except KafkaException as exc:  # librdkafka raises its fatal errors from poll() too
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is None or err.fatal():
+                    name = err.name() if err is not None else "?"
+                    self._fatal(f"Kafka producer fatal error {name}: {err.str() if err else exc}")
+                    return
+                self.counters["kafka_client_errors"] += 1
+                log.error("Kafka poll: %s", exc)
+            self._drain_retries()
             now = time.monotonic()
+            if self._stop.is_set():
+                if now > self._drain_deadline:
+                    break
+                continue
             if now >= next_stats:
                 next_stats = now + self.settings.stats_every_s
                 self._publish_stats()
+            if now >= next_watch:
+                next_watch = now + WATCHDOG_EVERY_S
+                self._watchdog(now)
             if self.registry is not None and now >= next_registry:
-                next_registry = now + 5
-                try:
-                    if self.registry.reload_if_changed():
-                        log.info("registry reloaded: %d units", len(self.registry))
-                except ValueError as exc:
-                    log.error("registry changed but is invalid, keeping the old one: %s", exc)
-            if self._stop.is_set() and now > self._drain_deadline:
-                break
+                next_registry = now + REGISTRY_EVERY_S
+                self._reload_registry()
+
+    def _watchdog(self, now: float) -> None:
+        """A dead thread, or records owed and nothing delivered for too long: end, be restarted."""
+        dead = self.health.dead_parts()
+        if dead:
+            self._fatal(f"thread(s) {', '.join(dead)} died")
+            return
+        if self._unacked == 0:
+            self._last_delivery = now  # nothing owed is not a stall
+        stall_s = self.settings.ingest_stall_exit_s
+        if stall_s > 0 and self._unacked > 0 and now - self._last_delivery > stall_s:
+            self._last_delivery = now  # one report per stall (tests record instead of exiting)
+            self._fatal(
+                f"{self._unacked} records owed to Kafka and nothing delivered for {stall_s:.0f} s"
+                f" (last Kafka error: {self._last_kafka_error or 'none'})"
+            )
+
+    def _reload_registry(self) -> None:
+        assert self.registry is not None
+        try:
+            if self.registry.reload_if_changed():
+                log.info("registry reloaded: %d units", len(self.registry))
+        except Exception as exc:  # any reason at all: keep the registry in force, say why
+            self.counters["registry_reload_failures"] += 1
+            log.error("registry changed but cannot be used, keeping the old one: %s", exc)
+            with self._unacked_cv:
+                self._unacked_cv.notify_all()  # for wait_until()
 
     def snapshot(self) -> dict[str, Any]:
         return {
             **self.counters,
             "dead_letter_reasons": dict(self.dead_reasons),
             "unacked": self._unacked,
+            "retry_queue": len(self._retry_heap),
             "mqtt_connected": self._connected.is_set(),
+            **self.health.snapshot(),
         }
 
     def _publish_stats(self) -> None:
-        self.producer.produce(
-            self.settings.topic("pipeline"), key=b"ingest", value=stats_record("ingest", self.snapshot())
-        )
+        try:
+            self.producer.produce(
+                self.settings.topic("pipeline"), key=b"ingest", value=stats_record("ingest", self.snapshot())
+            )
+        except BufferError:
+            self.counters["stats_skipped"] += 1  # full queue: the next second's record says the same
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or err.fatal() or err.code() == KafkaError._FATAL:
+                self._fatal(f"Kafka producer is unusable ({exc})")
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> IngestBridge:
-        host, port = self.settings.mqtt_host_port
-        self._poller.start()
-        self.client.connect_async(host, port, keepalive=self.settings.mqtt_keepalive_s)
-        self.client.loop_start()
+    def start(self, connect_mqtt: bool = True) -> IngestBridge:
+        """Connect and run. ``connect_mqtt=False`` runs only the Kafka side, for :meth:`handle_raw`."""
+        if connect_mqtt:
+            connect_async(self.client, self.settings)
+            network = getattr(self.client, "_thread", None)  # paho's loop thread: watched, it must not die
+            if isinstance(network, threading.Thread):
+                self.health.watch_thread("mqtt-network", network)
+        self._poller.start()  # after every watch is registered: the poller reads them
         return self
 
+    def handle_raw(self, topic: bytes, payload: bytes) -> None:
+        """Feed one message to the MQTT callback as paho would (QoS 0: no ack), without a broker.
+
+        For the fuzz bench's in-process mode and tests: topics here may be bytes no broker
+        would pass on (invalid UTF-8, control characters).
+        """
+        msg = mqtt.MQTTMessage(mid=0, topic=topic)
+        msg.payload = payload
+        self._on_message(self.client, None, msg)
+
+    def wait_until(self, predicate: Callable[[IngestBridge], bool], timeout: float = 30.0) -> bool:
+        """Block until ``predicate(self)`` holds; re-checked on every message taken and record delivered."""
+        with self._unacked_cv:
+            return self._unacked_cv.wait_for(lambda: predicate(self), timeout)
+
     def wait_connected(self, timeout: float = 10.0) -> bool:
+        """True once connected and subscribed."""
         return self._connected.wait(timeout)
 
+    def dead_parts(self) -> list[str]:
+        return [] if self._stop.is_set() else self.health.dead_parts()
+
     def stop(self, drain_s: float = 10.0) -> None:
-        """Deliver what Kafka owes (so those acks go out), then disconnect; unacked ones are redelivered."""
+        """Stop taking messages, deliver what Kafka owes (so those acks go out), then disconnect.
+
+        Messages not acked by then are redelivered by the broker to the next session.
+        """
         self._drain_deadline = time.monotonic() + drain_s
-        self.producer.flush(drain_s)
         self._stop.set()
         with self._unacked_cv:
             self._unacked_cv.notify_all()
-        self._poller.join(drain_s + 1)
+        if self._poller.ident is not None:
+            self._poller.join(drain_s + 1)
         self._publish_stats()
         self.producer.flush(2)
         self.client.disconnect()
@@ -257,13 +744,16 @@ class IngestBridge:
 
 
 def run(settings: Settings, registry: Registry | None) -> None:
-    """``sesmon ingest``: run until SIGINT/SIGTERM."""
+    """``sesmon ingest``: run until SIGINT/SIGTERM; end with status 70 on a fatal error or a dead thread."""
     import signal
 
     bridge = IngestBridge(settings, registry).start()
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    log.info("ingest: %s -> Kafka %s", settings.mqtt_url, settings.kafka_bootstrap)
-    done.wait()
+    log.info("ingest: %s -> Kafka %s", settings.mqtt_endpoint.url(), settings.kafka_bootstrap)
+    while not done.wait(WATCHDOG_EVERY_S):
+        dead = bridge.dead_parts()
+        if dead:
+            fatal("ingest", f"thread(s) {', '.join(dead)} died")
     bridge.stop()

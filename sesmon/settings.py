@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     max_json_depth: int = 32  # deeper JSON is dead-lettered as `too_deep` before it is parsed
     deadletter_max_bytes: int = 4 * 1024  # how much of a rejected body the dead letter keeps
     ingest_max_unacked: int = 20_000  # Kafka records not yet confirmed (bounds memory and MQTT acks owed)
+    ingest_stall_exit_s: float = 180.0  # records owed and nothing delivered this long: exit 70 (0 = never)
     mqtt_client_id: str = "sesmon-ingest"
     mqtt_keepalive_s: int = 30
 
@@ -61,6 +62,9 @@ class Settings(BaseSettings):
     faust_app_id: str = "sesmon-streams"
     worker_batch_max: int = 1000  # messages evaluated per batch (one state write per unit per batch)
     worker_batch_within_s: float = 0.1  # a partial batch waits at most this long
+    worker_stall_after_s: float = 30.0  # records waiting and no batch done this long: reported as stalled
+    worker_stall_exit_s: float = 180.0  # ... this long: exit (status 70) to be restarted; 0 = never
+    worker_exit_on_kafka_loss: bool = True  # every broker gone: exit, a fresh start re-reads what is left
 
     # --- alerts ---
     centre_id: str = "96333"

@@ -12,27 +12,125 @@ no Faust import. Settings below answer the traps measured in stack.md:
   the producer before it commits offsets, and alert ids are deterministic, so a redelivered
   reading yields the same alert id and the alerts stage drops the repeat.
 - the web server is off (it binds 0.0.0.0:6066 by default, and two workers would clash).
+
+Health (``sesmon.health``): a Faust consumer can stall without a word (stack.md), so a probe
+thread of our own asks Kafka, outside Faust, how far the input partitions go; records waiting
+while no batch completes is reported as ``stalled`` (and, for long, ends the process so its
+supervisor restarts it). Losing every broker also ends it: a broker that comes back empty
+(Tansu keeps nothing, K7) would otherwise meet our stale offsets, and a fresh start re-reads
+the new topics from the beginning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 import weakref
 from collections import Counter
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from faust.streams import _current_event  # see evaluate(): RocksDB needs it set
 
 from rules import RuleEngine
-from sesmon.kafka import dumps, ensure_topics, loads, stats_record
+from sesmon.health import Health, fatal
+from sesmon.kafka import client_config, dumps, ensure_topics, loads, stats_record
 from sesmon.registry import Registry
 from sesmon.settings import Settings
 
 log = logging.getLogger("sesmon.streams")
 
 DEVICE_STREAMS = ("telemetry", "events", "status", "reports")
+
+
+class KafkaProbe:
+    """Asks Kafka, from its own thread and client, where the worker's input partitions end.
+
+    Why outside Faust: Faust's own view (its fetcher's high watermarks) freezes exactly when
+    its consumer stalls. ``ends`` under-reports by up to one record batch on Tansu (stack.md
+    K1), so "records waiting" is never over-stated. ``on_kafka_lost`` is called (from this
+    thread) once every broker is down, or an input topic is gone, after we had been connected.
+    """
+
+    def __init__(
+        self, settings: Settings, topics: list[str], on_kafka_lost: Any, every_s: float = 2.0
+    ) -> None:
+        self.topics = topics
+        self.every_s = every_s
+        self.on_kafka_lost = on_kafka_lost
+        self.ends: dict[tuple[str, int], int] = {}
+        self.checked_ms = 0  # when ``ends`` was last refreshed
+        self.connected = False
+        self._stop = threading.Event()
+        self._admin = AdminClient(client_config(settings, error_cb=self._on_error))
+        self.thread = threading.Thread(target=self._run, name="kafka-probe", daemon=True)
+
+    def start(self) -> KafkaProbe:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and self.connected:
+            self.on_kafka_lost(f"every Kafka broker is down ({err.str()})")
+
+    def _run(self) -> None:
+        next_check = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.every_s
+                try:
+                    self.check()
+                except Exception as exc:  # Kafka away: the last answer stays, marked by its age
+                    log.debug("Kafka probe failed: %r", exc)
+            # serves error_cb: a lost broker is noticed within this, before it can come back
+            self._admin.poll(0.2)
+
+    def check(self) -> None:
+        metadata = self._admin.list_topics(timeout=5)
+        missing = [t for t in self.topics if t not in metadata.topics]
+        if missing and self.connected:
+            self.on_kafka_lost(f"input topic(s) {', '.join(missing)} are gone from Kafka")
+        self.connected = True
+        wanted = {
+            TopicPartition(t, p): OffsetSpec.latest()
+            for t in self.topics
+            if t in metadata.topics
+            for p in metadata.topics[t].partitions
+        }
+        ends: dict[tuple[str, int], int] = {}
+        for tp, future in self._admin.list_offsets(wanted, request_timeout=5).items():
+            with contextlib.suppress(KafkaException):
+                ends[(tp.topic, tp.partition)] = int(future.result(timeout=6).offset)
+        self.ends = ends
+        self.checked_ms = int(time.time() * 1000)
+
+
+def reload_registry_safely(registry: Registry, counters: Counter[str]) -> bool:
+    """Reload the registry if its file changed; a bad file keeps the one in force.
+
+    Why catch everything: the worker must never die of a reload (a ``csv.Error`` for one
+    oversized field once ended it). The failure is logged with its reason and counted in
+    ``registry_reload_failures``, which the ``pipeline`` record and the board show.
+    """
+    try:
+        if registry.reload_if_changed():
+            counters["registry_reloads"] += 1
+            counters["registry_units"] = len(registry)
+            log.info("registry reloaded: %d units", len(registry))
+            return True
+    except Exception as exc:
+        counters["registry_reload_failures"] += 1
+        log.error(
+            "registry changed but cannot be used, keeping the %d units in force: %s", len(registry), exc
+        )
+    return False
 
 
 def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine | None = None) -> faust.App:
@@ -60,6 +158,15 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         processing_guarantee="at_least_once",
     )
     counters: Counter[str] = Counter()
+    health = Health("streams")
+    input_topics = [settings.topic(s) for s in DEVICE_STREAMS]
+    # per input partition: the next offset to evaluate, as far as we know it (health, not state)
+    next_offset: dict[tuple[str, int], int] = {}
+    probe_holder: list[KafkaProbe] = []
+    stall_logged_at = [0.0]
+    # always in the pipeline record, so a board can show them
+    counters["registry_reload_failures"] = counters["registry_reloads"] = 0
+    counters["registry_units"] = len(registry) if registry is not None else 0
     # processing-time presence for the board's "online units" (not state: rebuilt by traffic)
     last_seen: dict[str, int] = {}
     offline_units: set[str] = set()
@@ -171,7 +278,10 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
                 state_table[device_id] = state
                 _current_event.reset(token)
                 due_index[device_id] = engine.next_due(state)
+            for event in events:  # in order within a partition: the last one wins
+                next_offset[(event.message.topic, event.message.partition)] = event.message.offset + 1
             counters["batches"] += 1
+            health.progress()
 
     @app.timer(interval=settings.deadman_check_every_s)
     async def deadman() -> None:
@@ -201,22 +311,71 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             tick = {"type": "tick", "device_id": device_id, "now_ms": now_ms}
             await status_topic.send(key=device_id.encode(), value=dumps(tick))
 
+    def input_pending() -> int | None:
+        """Records in our assigned input partitions not yet evaluated (None: Kafka not asked yet)."""
+        probe = probe_holder[0] if probe_holder else None
+        if probe is None or not probe.checked_ms:
+            return None
+        pending = 0
+        try:
+            assigned = app.consumer.assignment()
+        except Exception:  # no consumer yet (starting, rebalancing)
+            return None
+        for tp in assigned:
+            key = (tp.topic, tp.partition)
+            if tp.topic not in input_topics or key not in probe.ends:
+                continue
+            # a partition we have evaluated nothing from yet counts from where it stood then
+            pending += max(0, probe.ends[key] - next_offset.setdefault(key, probe.ends[key]))
+        return pending
+
+    def check_stall(pending: int | None) -> bool:
+        """True while records wait and no batch completes; ends the process if it lasts."""
+        if pending == 0:
+            health.progress()  # nothing to do is not a stall
+            return False
+        idle_s = time.time() - health.last_progress_ms / 1000
+        if pending is None or idle_s < settings.worker_stall_after_s:
+            return False
+        recovering = bool(getattr(app, "in_recovery", False))
+        if time.monotonic() >= stall_logged_at[0] + 30:  # say it, but not every second
+            stall_logged_at[0] = time.monotonic()
+            log.warning("no batch evaluated for %.0f s while %d records wait", idle_s, pending)
+        if settings.worker_stall_exit_s and idle_s >= settings.worker_stall_exit_s and not recovering:
+            fatal("streams", f"stalled: no batch evaluated for {idle_s:.0f} s while {pending} records wait")
+        return True
+
+    def consumer_thread_alive() -> bool:
+        """Faust's aiokafka consumer runs in a thread of its own; a dead one stops everything."""
+        thread = getattr(getattr(app.consumer, "_thread", None), "_thread", None)
+        return thread is None or thread.is_alive()  # None: not started yet (or not threaded)
+
+    def kafka_lost(reason: str) -> None:
+        if settings.worker_exit_on_kafka_loss:
+            fatal("streams", f"{reason}; restarting to read the topics afresh")
+        log.error("%s", reason)
+
+    @app.task
+    async def start_probe() -> None:
+        probe_holder.append(KafkaProbe(settings, input_topics, kafka_lost).start())
+        health.watch_thread("kafka_probe", probe_holder[0].thread)
+        health.watch("kafka_consumer_thread", consumer_thread_alive)
+
     @app.timer(interval=settings.stats_every_s)
     async def publish_stats() -> None:
         horizon = int(time.time() * 1000) - online_window_ms
         counters["online_units"] = sum(
             1 for d, t in last_seen.items() if t >= horizon and d not in offline_units
         )
-        await pipeline_topic.send(key=b"streams", value=stats_record("streams", dict(counters)))
+        pending = input_pending()
+        stalled = check_stall(pending)
+        extra = {"input_pending": pending, "stalled": stalled, **health.snapshot()}
+        await pipeline_topic.send(key=b"streams", value=stats_record("streams", dict(counters) | extra))
 
     @app.timer(interval=5.0)
     async def reload_registry() -> None:
         if registry is not None:
-            try:
-                if registry.reload_if_changed():
-                    log.info("registry reloaded: %d units", len(registry))
-            except ValueError as exc:
-                log.error("registry changed but is invalid, keeping the old one: %s", exc)
+            reload_registry_safely(registry, counters)
 
     app.sesmon_counters = counters  # type: ignore[attr-defined]
     return app

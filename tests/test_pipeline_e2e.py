@@ -159,7 +159,7 @@ def test_faults_become_alerts_and_everything_is_accounted(
         assert f"sesmon/v1/alerts/firm/{unit.firm_id}" in topics
         alert = mine[0][1]
         assert alert["district"] == unit.district and alert["firm_id"] == unit.firm_id
-        if alert["level"] == "P1":
+        if alert["level"] == "P1" and alert["kind"] == "elevator":  # 96333 is the elevator platform
             assert "sesmon/v1/alerts/centre/96333" in topics
     levels = {
         rule_id: next(a["level"] for _, a in firing if a["rule"] == rule_id) for rule_id in expected.values()
@@ -217,7 +217,7 @@ def _accounted(settings: Settings, records: list[Any], published: int) -> bool:
 
 
 def test_hidden_danger_loop_through_the_pipeline(pipeline: Settings, fleet_registry: Registry) -> None:
-    """开门走车 opens a major hazard; the firm's and inspector's reports close it, in Kafka."""
+    """开门走车 opens a (suspected) major hazard; the firm's and inspector's reports close it, in Kafka."""
     settings = pipeline
     unit = units_of(fleet_registry, "elevator")[-1]
     firm_inbox = AlertInbox(settings, f"sesmon/v1/hazards/firm/{unit.firm_id}")
@@ -251,7 +251,7 @@ def test_hidden_danger_loop_through_the_pipeline(pipeline: Settings, fleet_regis
     assert opened, "开门走车 must open a hidden danger"
     hazard = opened[0]
     assert (
-        hazard["grade"] == "major"
+        hazard["grade"] == "suspected_major"  # an IoT sign: confirmed on site by an inspector
         and hazard["status"] == "reported"
         and hazard["source"] == "unintended_movement"
     )

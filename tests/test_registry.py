@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -72,3 +73,58 @@ def test_reload_on_change_keeps_old_on_broken_file(tmp_path: Path) -> None:
 def test_generation_is_deterministic() -> None:
     assert generate_fleet(50, 5, seed=3) == generate_fleet(50, 5, seed=3)
     assert generate_fleet(50, 5, seed=3) != generate_fleet(50, 5, seed=4)
+
+
+def test_every_kind_of_bad_file_is_a_registry_error(tmp_path: Path) -> None:
+    """A reload must be able to catch one exception type for every way a file can be unusable."""
+    good = generate_fleet(2, 0, seed=1)[0].to_row()
+    oversized = tmp_path / "oversized.csv"
+    huge = {**good, "address": "x" * (csv.field_size_limit() + 10)}
+    oversized.write_text(
+        ",".join(COLUMNS) + "\n" + ",".join(huge[c] for c in COLUMNS) + "\n", encoding="utf-8"
+    )
+    with pytest.raises(RegistryError, match=r"line 2: not readable as CSV: field larger than field limit"):
+        Registry.load(oversized)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"device_id,kind\n\xff\xfe\x00junk\n")
+    with pytest.raises(RegistryError, match="not UTF-8"):
+        Registry.load(binary)
+    directory = tmp_path / "a-directory.csv"
+    directory.mkdir()
+    with pytest.raises(RegistryError, match="cannot read"):
+        Registry.load(directory)
+    long_cell = tmp_path / "long-cell.csv"
+    bad = {**good, "rated_speed_mps": "9" * 5000}  # within the CSV limit, but no speed
+    long_cell.write_text(
+        ",".join(COLUMNS) + "\n" + ",".join(bad[c] for c in COLUMNS) + "\n", encoding="utf-8"
+    )
+    with pytest.raises(RegistryError) as info:
+        Registry.load(long_cell)
+    assert "line 2, column rated_speed_mps" in str(info.value) and len(str(info.value)) < 500
+
+
+def test_reload_of_an_oversized_field_keeps_the_registry_and_is_counted_once(tmp_path: Path) -> None:
+    """The worker's reload (streams.app.reload_registry_safely): old registry kept, one failure
+    counted and shown in the pipeline counters, and a later good file is loaded."""
+    from collections import Counter
+
+    from streams.app import reload_registry_safely
+
+    path = tmp_path / "fleet.csv"
+    write_registry(generate_fleet(10, 0, seed=1), path)
+    registry = Registry.load(path)
+    first = next(iter(registry)).device_id
+    counters: Counter[str] = Counter()
+    huge = {**next(iter(registry)).to_row(), "address": "x" * (csv.field_size_limit() + 1)}
+    path.write_text(",".join(COLUMNS) + "\n" + ",".join(huge[c] for c in COLUMNS) + "\n", encoding="utf-8")
+    os.utime(path, ns=(registry.mtime_ns + 10**9,) * 2)
+    assert not reload_registry_safely(registry, counters)
+    assert counters["registry_reload_failures"] == 1
+    assert len(registry) == 10 and registry.get(first) is not None  # the old registry is in force
+    assert not reload_registry_safely(registry, counters)  # the same bad file: not counted again
+    assert counters["registry_reload_failures"] == 1
+    write_registry(generate_fleet(25, 0, seed=1), path)
+    os.utime(path, ns=(registry.mtime_ns + 2 * 10**9,) * 2)
+    assert reload_registry_safely(registry, counters)
+    assert len(registry) == 25 and counters["registry_reload_failures"] == 1
+    assert counters["registry_reloads"] == 1 and counters["registry_units"] == 25

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 
 from sesmon.schemas import BadInput, Kind, parse_mqtt, to_epoch_ms
@@ -161,3 +162,57 @@ def test_oversize_rejected_before_parsing() -> None:
 def test_unknown_device_in_report_rejected() -> None:
     maint = json.dumps({"device_id": "NOPE", "ts": TS, "firm_id": "F", "kind": "repair"}).encode()
     assert reason_of("sesmon/v1/reports/maintenance", maint) == "unknown_device"
+
+
+# --------------------------------------------------------------------------- depth, identity
+
+
+@pytest.mark.parametrize(
+    ("payload", "deeper_than_3"),
+    [
+        (b'{"a":[1,{"b":2}]}', False),  # three levels: the limit itself
+        (b'{"a":[{"b":[]}]}', True),  # four
+        (b'[[["[[[[[[[[["]]]', False),  # brackets inside strings do not count
+        (b'[[["\\"[[[[[[[[["]]]', False),  # nor after an escaped quote
+        (b'[[["\\\\"[[[', True),  # an escaped backslash ends the string
+        (b'"[[[[[[[[', False),  # unterminated string: judged by the parser next
+        (b"[]" * 10_000, False),
+        (b"[" * 100_000, True),
+    ],
+)
+def test_json_depth_is_judged_on_the_bytes(payload: bytes, deeper_than_3: bool) -> None:
+    from sesmon.schemas import json_depth_exceeds
+
+    assert json_depth_exceeds(payload, 3) is deeper_than_3
+
+
+def test_nesting_orjson_could_not_write_back_is_too_deep() -> None:
+    """orjson.loads takes 1,024 levels, orjson.dumps refuses past 254: refused before parsing."""
+    deep = b'{"device_id":"GZE0000001","ts":%d,"seq":1,"x":%s}' % (TS, b"[" * 300 + b"]" * 300)
+    assert reason_of(ELEV, deep) == "too_deep"
+    assert reason_of(ELEV, deep, max_depth=1000) == "too_deep"  # a setting cannot lift the ceiling
+    hundred = b'{"device_id":"GZE0000001","ts":%d,"seq":1,"x":%s}' % (TS, b"[" * 100 + b"]" * 100)
+    assert reason_of(ELEV, hundred) == "too_deep"  # the default limit (32)
+    env = parse_mqtt(ELEV, hundred, NOW, max_depth=150)  # the limit is the caller's setting
+    assert orjson.loads(orjson.dumps(env.model_dump(mode="json")))["body"]["x"]  # and it serialises
+    assert reason_of(ELEV, b'{"x":' + b"[" * 40 + b"]" * 40 + b"}") == "too_deep"
+
+
+def test_publisher_level_on_reports_and_dispatch() -> None:
+    maintenance = json.dumps(
+        {"device_id": "GZE0000001", "ts": TS, "firm_id": "F1", "kind": "routine_15d"}
+    ).encode()
+    dispatch = json.dumps({"alert_id": "GZE0000001.trapped.1", "action": "ack", "by": "x", "ts": TS}).encode()
+    env = parse_mqtt("sesmon/v1/reports/maintenance/firm-F1", maintenance, NOW, known_device=registry_lookup)
+    assert env.publisher == "firm-F1" and env.report == "maintenance" and env.device_id == "GZE0000001"
+    env = parse_mqtt("sesmon/v1/dispatch/GZE0000001.trapped.1/operator", dispatch, NOW)
+    assert env.publisher == "operator" and env.alert_id == "GZE0000001.trapped.1"
+    old = parse_mqtt("sesmon/v1/reports/maintenance", maintenance, NOW)  # old publishers keep working
+    assert old.publisher is None
+    for topic, payload in (
+        ("sesmon/v1/reports/maintenance", maintenance),
+        ("sesmon/v1/dispatch/GZE0000001.trapped.1", dispatch),
+    ):
+        assert reason_of(topic, payload, require_identity=True) == "unauthenticated"
+    assert reason_of("sesmon/v1/reports/maintenance/", maintenance) == "unauthenticated"
+    assert reason_of("sesmon/v1/reports/maintenance/a/b", maintenance) == "bad_topic"

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from sesmon.services import start_influxdb, start_mqtt, wait_for_port
+from sesmon.registry import Registry, write_registry
+from sesmon.services import EmbeddedServices, start_influxdb, start_mqtt, wait_for_port
+from simulators.fleet import generate_fleet
 
 
 def test_influxdb_answers_ping_and_stops(tmp_path: Path) -> None:
@@ -47,3 +49,41 @@ def test_amqtt_fallback_carries_qos1(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not server.alive
+
+
+def test_embedded_services_start_a_secure_mqtt_broker(tmp_path: Path) -> None:
+    """``EmbeddedServices(secure=credentials)`` (``sesmon demo --secure``): anonymous is refused,
+    a stage with its own credentials gets in."""
+    from sesmon.broker_auth import write_credentials  # written in parallel with this test
+
+    write_registry(generate_fleet(5, 1, seed=2), tmp_path / "fleet.csv")
+    credentials = write_credentials(Registry.load(tmp_path / "fleet.csv"), tmp_path / "mqtt")
+    services = EmbeddedServices(tmp_path / "servers", secure=credentials).start()
+    try:
+        outcomes: dict[str, bool] = {}
+
+        def connects(name: str, username: str | None, password: str | None) -> None:
+            done = threading.Event()
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{name}")
+            if username:
+                client.username_pw_set(username, password)
+
+            def on_connect(_c: object, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object) -> None:
+                outcomes[name] = not reason.is_failure
+                done.set()
+
+            client.on_connect = on_connect
+            client.connect("127.0.0.1", services.mqtt.port)  # type: ignore[union-attr]
+            client.loop_start()
+            assert done.wait(10), name
+            client.loop_stop()
+            client.disconnect()
+
+        env = credentials.env_for("sesmon-ingest")
+        connects("anonymous", None, None)
+        connects("ingest", env["SESMON_MQTT_USERNAME"], env["SESMON_MQTT_PASSWORD"])
+        connects("wrong", env["SESMON_MQTT_USERNAME"], "not-the-password")
+        assert outcomes == {"anonymous": False, "ingest": True, "wrong": False}
+    finally:
+        services.stop()
+    assert not any(p.alive for p in services.processes)

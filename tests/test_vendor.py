@@ -95,3 +95,39 @@ def test_round_trip_of_a_simulated_stream() -> None:
         converted += 1
     assert converted > 500
     assert set(LIST_A) and set(LIST_B) and set(LIST_C)
+
+
+GOOD_FAULT = {"regCode": "E1", "time": NOW, "seq": 3, "faultType": 1, "faultId": 11, "state": 1}
+GOOD_STATUS = {"regCode": "E1", "time": NOW, "seq": 3, "serviceMode": 1, "carStatus": 0}
+
+
+@pytest.mark.parametrize(
+    ("leaf", "field", "value"),
+    [("fault", "faultId", [11, 12]), ("fault", "faultId", {"id": 11}), ("fault", "faultId", 11.0),
+     ("fault", "faultId", True), ("fault", "faultId", "eleven"), ("fault", "faultType", {"list": "A"}),
+     ("fault", "faultType", [1]), ("fault", "faultType", "1"), ("fault", "faultType", True),
+     ("fault", "time", "20261322093015"), ("fault", "time", "20260230120000"),
+     ("fault", "time", "20261122250000"), ("fault", "time", [2026]), ("fault", "time", 1.5e12),
+     ("fault", "state", [1]), ("fault", "state", 5), ("status", "serviceMode", [1]),
+     ("status", "serviceMode", "1"), ("status", "serviceMode", 99), ("status", "carStatus", 2),
+     ("status", "carStatus", "1"), ("status", "doorStatus", {"open": 1}), ("status", "power", 1.0),
+     ("status", "time", {"t": 1})],
+)  # fmt: skip
+def test_malformed_values_are_vendor_errors_never_crashes(leaf: str, field: str, value: object) -> None:
+    """Lists and objects where codes belong, impossible dates: a VendorError the bridge dead-letters
+    as ``bad_vendor_payload`` (a TypeError or ValueError here used to kill the MQTT thread)."""
+    from ingest.vendor import MALFORMED
+
+    body = {**(GOOD_FAULT if leaf == "fault" else GOOD_STATUS), field: value}
+    with pytest.raises(VendorError) as err:
+        vendor_to_canonical(f"gbt24476/v1/E1/{leaf}", orjson.dumps(body))
+    assert err.value.reason in MALFORMED, err.value.reason
+
+
+def test_production_code_does_not_import_the_simulators() -> None:
+    import subprocess
+    import sys
+
+    probe = "import sys, ingest.bridge; print(sorted(m for m in sys.modules if m.startswith('simulators')))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
