@@ -83,6 +83,18 @@ def cmd_board(args: argparse.Namespace) -> int:
         feed.close()
 
 
+def cmd_mqtt_credentials(args: argparse.Namespace) -> int:
+    from sesmon.broker_auth import write_credentials
+
+    creds = write_credentials(Registry.load(args.registry), args.out)
+    roles: dict[str, int] = {}
+    for account in creds.accounts.values():
+        roles[account.role] = roles.get(account.role, 0) + 1
+    print(f"wrote {creds.passwd}, {creds.acl} and {creds.csv} (mode 0600): {roles}")
+    print("mosquitto.conf: password_file, acl_file, allow_anonymous false, use_username_as_clientid true")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sesmon", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -131,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    mqtt_cmd = sub.add_parser("mqtt", help="MQTT broker administration")
+    mqtt_sub = mqtt_cmd.add_subparsers(dest="mqtt_command", required=True)
+    creds = mqtt_sub.add_parser(
+        "credentials", help="write a mosquitto password file, ACL and credentials.csv for a registry"
+    )
+    creds.add_argument("--registry", type=Path, required=True, help="registry CSV (DESIGN.md §3)")
+    creds.add_argument("--out", type=Path, required=True, help="directory for passwd, acl, credentials.csv")
+    creds.set_defaults(func=cmd_mqtt_credentials)
+
     from rules.cli import register as register_rules  # sesmon rules check|show|schema
 
     register_rules(sub)

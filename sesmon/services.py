@@ -114,25 +114,60 @@ def mosquitto_path() -> str | None:
     )
 
 
-def start_mqtt(workdir: Path, port: int | None = None, prefer: str = "mosquitto") -> ManagedProcess:
-    """Mosquitto when installed, else amqtt (MQTT 3.1.1 only, about 4x slower)."""
+def mosquitto_conf(port: int, workdir: Path, secure: Any = None, bind: str = "127.0.0.1") -> str:
+    """Mosquitto's config: durable (persistence saved on every change) and, when asked, locked down.
+
+    Persistence: a broker restart must not lose what it acknowledged (a SIGTERM writes the
+    store; ``autosave_on_changes`` with interval 1 bounds what a SIGKILL can lose).
+    ``user root`` keeps mosquitto from switching to a ``mosquitto`` user that could not read
+    the state dir and the 0600 credential files it is handed here.
+    """
+    store = workdir / "mosquitto-data"
+    store.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "user root" if os.geteuid() == 0 else "",
+        f"listener {port} {bind}",
+        "persistence true",
+        f"persistence_location {store}/",
+        "autosave_on_changes true",
+        "autosave_interval 1",
+        # the ingest bridge acks only after Kafka took the record: give it a wide window
+        "max_inflight_messages 1000",
+        "max_queued_messages 1000000",
+        "message_size_limit 1048576",
+    ]
+    if secure is None:
+        lines.append("allow_anonymous true")
+    else:
+        lines += [
+            "allow_anonymous false",
+            f"password_file {secure.passwd}",
+            f"acl_file {secure.acl}",
+            "use_username_as_clientid true",
+        ]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def start_mqtt(
+    workdir: Path, port: int | None = None, prefer: str = "mosquitto", secure: Any = None
+) -> ManagedProcess:
+    """Mosquitto when installed, else amqtt (MQTT 3.1.1 only, about 4x slower, anonymous only).
+
+    ``secure`` is a :class:`sesmon.broker_auth.BrokerCredentials`: passwords and an ACL.
+    """
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     binary = mosquitto_path() if prefer == "mosquitto" else None
     if binary:
         conf = workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            # the ingest bridge acks only after Kafka took the record: give it a wide window
-            "max_inflight_messages 1000\n"
-            "max_queued_messages 1000000\n"
-            "message_size_limit 1048576\n"
-        )
+        conf.write_text(mosquitto_conf(port, workdir, secure))
         return ManagedProcess(
             "mosquitto", [binary, "-c", str(conf)], workdir / "mosquitto.log", port=port
         ).start()
+    if secure is not None:
+        raise ServiceError(
+            "a secure broker needs mosquitto (apt-get install mosquitto); amqtt is anonymous only"
+        )
     conf = workdir / "amqtt.yaml"
     conf.write_text(
         f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"

@@ -71,6 +71,18 @@ class Settings(BaseSettings):
     alerts_mqtt_client_id: str = "sesmon-alerts"
     alerts_max_inflight: int = 10  # publishes awaiting PUBACK: what a crash of this stage can repeat
 
+    # --- store ---
+    influx_api: str = Field("auto", pattern="^(auto|v1|v2)$")  # auto: /ping X-Influxdb-Version 1.x -> v1
+    influx_db: str = "sesmon"  # v1 (/write?db=): created if missing
+    influx_token: str | None = None  # v2 token; on v1 "user:password" (basic auth)
+    influx_org: str = "sesmon"  # v2
+    influx_bucket: str = "sesmon"  # v2
+    store_batch_points: int = 5_000  # points per write request
+    store_flush_interval_s: float = 1.0  # a partial batch is written after at most this long
+    store_memory_max_points: int = 200_000  # points held in memory while InfluxDB lags; then spooled
+    store_spool_dir: Path | None = None  # default <data_dir>/store/spool
+    store_spool_max_bytes: int = 2 * 1024**3  # beyond it the stage stops reading Kafka (nothing dropped)
+
     # --- people ---
     display_tz: str = Field("Asia/Shanghai", description="time zone of times shown to operators")
 
