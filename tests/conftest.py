@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from sesmon.registry import Registry, write_registry
 from sesmon.services import ManagedProcess, start_kafka, start_mqtt
 from sesmon.settings import Settings
 from simulators.fleet import generate_fleet
+
+GUANGZHOU = timezone(timedelta(hours=8))
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +54,18 @@ def settings(tmp_path: Path, kafka_server: ManagedProcess, mqtt_server: ManagedP
     )
 
 
+def clock_date(epoch_ms: int | None = None) -> date:
+    """Guangzhou calendar date of a device clock (epoch ms; default: the live one)."""
+    ms = int(time.time() * 1000) if epoch_ms is None else epoch_ms
+    return datetime.fromtimestamp(ms / 1000, GUANGZHOU).date()
+
+
 @pytest.fixture(scope="session")
 def fleet_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     path = tmp_path_factory.mktemp("fleet") / "registry.csv"
-    write_registry(generate_fleet(40, 10, seed=11), path)
+    # the fleet is registered as of the day the pipeline tests' readings are stamped (they run
+    # on live clocks: lateness bound, deadman), so its inspections are in date whenever it runs
+    write_registry(generate_fleet(40, 10, seed=11, today=clock_date()), path)
     return Registry.load(path)
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -30,6 +30,7 @@ from sesmon.services import ManagedProcess, ServiceError, start_kafka, wait_for_
 from sesmon.settings import Settings
 from sesmon.supervisor import Supervisor
 from simulators.fleet import generate_fleet
+from tests.conftest import clock_date
 from tests.pipeline_support import AlertInbox, stage_env
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,9 @@ def test_pipeline_recovers_from_a_kafka_restart_by_itself(
         kafka_partitions=4,  # as the demo; also what Tansu gives a topic created by a produce
     )
     registry_path = tmp_path / "fleet.csv"
-    write_registry(generate_fleet(30, 0, seed=21), registry_path)
+    write_registry(generate_fleet(30, 0, seed=21, today=clock_date()), registry_path)
     registry = Registry.load(registry_path)
-    soon = date.today() + timedelta(days=40)  # an overdue inspection raises its own alert; avoid it
+    soon = clock_date() + timedelta(days=40)  # an overdue inspection raises its own alert; avoid it
     units = [
         u for u in registry if u.in_use and (u.next_inspection_due is None or u.next_inspection_due > soon)
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -17,13 +17,13 @@ import pytest
 
 from sesmon.registry import Registry, Unit
 from sesmon.settings import Settings
-from tests.conftest import drain, mqtt_client, publish_all, reading
+from tests.conftest import clock_date, drain, mqtt_client, publish_all, reading
 from tests.pipeline_support import AlertInbox
 
 
 def units_of(registry: Registry, kind: str, steam: bool | None = None) -> list[Unit]:
     """Units in use and in date (an overdue inspection raises its own alert)."""
-    today = date.today()
+    today = clock_date()  # the date of the readings' clock, as the fleet's registration
     return [
         u
         for u in registry

@@ -250,7 +250,7 @@ def test_closed_hazards_leave_the_state_after_retention(engine: RuleEngine) -> N
 
 
 def test_hazard_records_validate_as_models(engine: RuleEngine) -> None:
-    run = Run(engine, elevator(next_inspection_due=date.today() - timedelta(days=400)))
+    run = Run(engine, elevator(next_inspection_due=date.fromtimestamp(T0 // 1000) - timedelta(days=400)))
     run.feed(tele(E, "E1", 0, 1, moving=False, door="closed", door_zone=True))
     for h in run.hazards:
         dumped = h.model_dump(mode="json")

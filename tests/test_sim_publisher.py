@@ -29,6 +29,10 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: simulated clock: a weekday 10:00 in Guangzhou, when traffic is busy (the profile follows the hour)
+DAYTIME_MS = 1_793_584_800_000  # 2026-11-02 10:00 +08:00
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,7 +103,7 @@ def test_demo_fleet_reaches_the_broker_valid_and_complete(broker: int, tmp_path:
     sub = Collector(broker)
     seen: list[dict] = []
     # demo faults spaced for scale 1 (every 3 s), played at scale 4: the whole first minute in 6 s
-    sim = build_sim(registry, seed=1, faults="demo", time_scale=1.0, start_ms=int(time.time() * 1000))
+    sim = build_sim(registry, seed=1, faults="demo", time_scale=1.0, start_ms=DAYTIME_MS)
     stats = run_simulation(None, "127.0.0.1", broker, time_scale=4.0, duration=6.0, sim=sim,
                            stats_callback=seen.append, offline_on_exit=True)  # fmt: skip
     sub.wait_quiet()
@@ -120,7 +124,7 @@ def test_demo_fleet_reaches_the_broker_valid_and_complete(broker: int, tmp_path:
 
 def test_responders_act_on_alerts_from_the_broker(broker: int) -> None:
     units = generate_fleet(6, 0, seed=3)
-    sim = FleetSim(units, seed=3, start_ms=int(time.time() * 1000), options=SimOptions(human=False))
+    sim = FleetSim(units, seed=3, start_ms=DAYTIME_MS, options=SimOptions(human=False))
     dev = sim.elevator_ids[0]
     sim.inject(dev, "trapped", auto_release_s=4 * 3600)
     sub = Collector(broker, "sesmon/v1/dispatch/#")
