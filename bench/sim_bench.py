@@ -1,7 +1,14 @@
 """Simulator throughput: one process generating a fleet and publishing it to mosquitto.
 
 Usage: python bench/sim_bench.py [--elevators N] [--boilers M] [--messages K] [--runs R]
-                                [--modes raw0 paho0 paho1] [--subscriber]
+                                [--modes raw0 paho0 paho1 secure1] [--subscriber]
+
+``secure1`` is the secure broker's way: one connection per device (and per firm, inspector,
+operator) with its own password (``sesmon mqtt credentials``), driven by
+``simulators.pool.AccountPool``; the broker then checks passwords and the ACL. Compare it
+with ``paho1`` (one connection, QoS 1) on the demo fleet: ``--elevators 2000 --boilers 200``.
+Both report the rate up to the last PUBACK, the simulator's CPU seconds per 1,000 messages,
+and for ``secure1`` the time to open every connection and the process RSS.
 
 Starts its own mosquitto on a free loopback port (or uses --port), and a separate
 subscriber *process* that counts what arrives. The simulator runs flat out: simulated
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shutil
 import socket
 import statistics
@@ -22,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -32,12 +41,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_mosquitto(workdir: Path, creds: Any = None) -> tuple[subprocess.Popen[bytes], int]:
+    """A plain mosquitto (no persistence); with ``creds`` (BrokerCredentials) passwords and the ACL."""
     port = _free_port()
     conf = workdir / "mosquitto.conf"
+    auth = "allow_anonymous true\n"
+    if creds is not None:
+        auth = (
+            ("user root\n" if os.geteuid() == 0 else "")
+            + f"allow_anonymous false\npassword_file {creds.passwd}\nacl_file {creds.acl}\n"
+            "use_username_as_clientid true\n"
+        )
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 1000000\nsys_interval 1\n"
+        f"listener {port} 127.0.0.1\n{auth}persistence false\nmax_queued_messages 1000000\nsys_interval 1\n"
     )
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -51,7 +67,14 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("mosquitto did not start")
 
 
-def subscriber(port: int, qos: int, ready: mp.Event, result: mp.Queue, idle_s: float) -> None:  # type: ignore[type-arg]
+def subscriber(
+    port: int,
+    qos: int,
+    ready: mp.Event,  # type: ignore[valid-type]
+    result: mp.Queue,  # type: ignore[type-arg]
+    idle_s: float,
+    account: tuple[str, str] | None = None,
+) -> None:
     """Count messages on sesmon/v1/# in its own process until idle for idle_s."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -66,6 +89,8 @@ def subscriber(port: int, qos: int, ready: mp.Event, result: mp.Queue, idle_s: f
         state["last"] = now
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{port}-{qos}")
+    if account is not None:
+        client.username_pw_set(*account)
     client.on_message = on_message
     client.connect("127.0.0.1", port)
     client.subscribe("sesmon/v1/#", qos)
@@ -99,41 +124,88 @@ def broker_received(port: int, timeout: float = 5.0) -> int:
     return got[-1] if got else 0
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (MiB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def one_run(
-    port: int, units: list, mode: str, messages: int, seed: int, with_subscriber: bool
+    port: int,
+    units: list,
+    mode: str,
+    messages: int,
+    seed: int,
+    with_subscriber: bool,
+    broker_pid: int | None = None,
+    creds: Any = None,
 ) -> dict[str, float]:
-    qos = 1 if mode == "paho1" else 0
+    qos = 1 if mode in ("paho1", "secure1") else 0
     from simulators.engine import FleetSim, SimOptions
+    from simulators.pool import AccountPool
     from simulators.publisher import FleetPublisher, RawQos0Publisher
 
     sub = None
+    account = ("sesmon-ingest", creds.password("sesmon-ingest")) if creds is not None else None
     if with_subscriber:
         ctx = mp.get_context("spawn")
         ready, result = ctx.Event(), ctx.Queue()
-        sub = ctx.Process(target=subscriber, args=(port, qos, ready, result, 10.0), daemon=True)
+        sub = ctx.Process(target=subscriber, args=(port, qos, ready, result, 10.0, account), daemon=True)
         sub.start()
         ready.wait(20)
     sim = FleetSim(units, seed=seed, options=SimOptions(human=False, announce=False))
     sim.run_for(60, step_s=60)  # warm up: past the start-of-run burst
     time.sleep(1.5)
-    before = broker_received(port)
+    before = broker_received(port) if creds is None else 0
     dumps = orjson.dumps
     sent = 0
     failed = 0
     retained = 0  # mosquitto's $SYS publish counter leaves out retained publishes
+    extra: dict[str, float] = {}
+    broker_cpu0 = cpu_s(broker_pid) if broker_pid else 0.0
     if mode == "raw0":  # batched QoS 0 PUBLISH packets, one write per slice
         raw = RawQos0Publisher("127.0.0.1", port).connect()
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         while sent < messages:
             batch = sim.advance(sim.now + 5_000)
             retained += sum(1 for m in batch if m.retain)
             sent += raw.publish_msgs(batch)
-        t_pub = time.monotonic() - t0
+        t_pub = t_acked = time.monotonic() - t0
         raw.close()
+    elif mode == "secure1":  # one connection per account, as on a secure broker
+        from sesmon.settings import MqttEndpoint
+
+        topics = {d: dev.topic("status") for d, dev in sim.devices.items()}
+        firms = {u.firm_id for u in sim.units.values()}
+        c0, rss0 = time.monotonic(), rss_mb()
+        endpoint = MqttEndpoint("127.0.0.1", port)
+        pool = AccountPool.for_fleet(creds.csv, topics, firms, endpoint, responders=False)
+        pool.connect(300)
+        extra["connect_s"] = time.monotonic() - c0
+        extra["connections"] = len(pool.conns)
+        extra["pool_rss_mb"] = rss_mb() - rss0
+        t0, cpu0 = time.monotonic(), time.process_time()
+        while sent < messages:
+            batch = sim.advance(sim.now + 5_000)
+            sent += pool.publish_msgs(batch)
+        t_pub = time.monotonic() - t0
+        pool.flush(120)
+        t_acked = time.monotonic() - t0
+        failed = pool.counts["failed"] + pool.counts["no_account"]
+        before_close = pool.counts["acked"]
+        pool.close()
     else:
         pub = FleetPublisher("127.0.0.1", port, qos=qos, max_unacked=20_000, subscribe_alerts=False).connect()
         publish = pub.publish
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         while sent < messages:
             batch = sim.advance(sim.now + 5_000)
             retained += sum(1 for m in batch if m.retain)
@@ -143,12 +215,20 @@ def one_run(
             sent += len(batch)
         t_pub = time.monotonic() - t0
         pub.flush(60)
+        t_acked = time.monotonic() - t0
         pub.close()
         failed = pub.counts["failed"]
+    cpu = time.process_time() - cpu0
+    broker_cpu = (cpu_s(broker_pid) - broker_cpu0) if broker_pid else 0.0
     time.sleep(2.5)
-    at_broker = broker_received(port) - before
-    out = {"sent": sent, "failed": failed, "publisher_msg_s": sent / t_pub, "at_broker": at_broker,
-           "lost": sent - retained - at_broker}  # fmt: skip
+    if creds is None:
+        at_broker = broker_received(port) - before
+        lost = sent - retained - at_broker
+    else:  # no $SYS for device accounts: a PUBACK is the broker's receipt
+        at_broker, lost = before_close, sent - before_close
+    out = {"sent": sent, "failed": failed, "publisher_msg_s": sent / t_pub, "acked_msg_s": sent / t_acked,
+           "at_broker": at_broker, "lost": lost, "cpu_ms_per_1k": 1e6 * cpu / sent,
+           "broker_cpu_ms_per_1k": 1e6 * broker_cpu / sent, **extra}  # fmt: skip
     if sub is not None:
         received, _first, last = result.get(timeout=300)
         sub.join(10)
@@ -168,7 +248,8 @@ def main() -> None:
         "--modes",
         nargs="+",
         default=["raw0", "paho0", "paho1"],
-        help="raw0 = batched QoS 0 socket writer; paho0 / paho1 = paho client at QoS 0 / 1",
+        help="raw0 = batched QoS 0 socket writer; paho0 / paho1 = paho client at QoS 0 / 1; "
+        "secure1 = a connection per device with its own password, QoS 1",
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--port", type=int, default=None, help="use a running broker instead of starting one")
@@ -182,28 +263,53 @@ def main() -> None:
     from simulators.fleet import generate_fleet
 
     units = generate_fleet(args.elevators, args.boilers, seed=1)
-    proc = None
+    procs = []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.port is None:
+        brokers: dict[str, tuple[int, int | None, Any]] = {}  # plain/secure -> (port, pid, creds)
+        if args.port is not None:
+            brokers["plain"] = (args.port, None, None)
+        elif any(m != "secure1" for m in args.modes):
             proc, port = start_mosquitto(Path(tmp))
-        else:
-            port = args.port
+            procs.append(proc)
+            brokers["plain"] = (port, proc.pid, None)
+        if "secure1" in args.modes:
+            from sesmon.broker_auth import write_credentials
+            from sesmon.registry import Registry, write_registry
+
+            write_registry(units, Path(tmp) / "fleet.csv")
+            creds = write_credentials(Registry.load(Path(tmp) / "fleet.csv"), Path(tmp) / "mqtt")
+            (Path(tmp) / "secure").mkdir()
+            proc, port = start_mosquitto(Path(tmp) / "secure", creds)
+            procs.append(proc)
+            brokers["secure"] = (port, proc.pid, creds)
         try:
             print(
                 f"fleet {args.elevators} elevators + {args.boilers} boilers, {args.messages} messages per run"
             )
             for mode in args.modes:
+                port, pid, creds = brokers["secure" if mode == "secure1" else "plain"]
                 runs = [
-                    one_run(port, units, mode, args.messages, 1 + r, args.subscriber)
+                    one_run(port, units, mode, args.messages, 1 + r, args.subscriber, pid, creds)
                     for r in range(args.runs)
                 ]
                 pub_rates = [r["publisher_msg_s"] for r in runs]
+                acked = [r["acked_msg_s"] for r in runs]
                 line = (
                     f"{mode}: publisher {' / '.join(f'{x:,.0f}' for x in pub_rates)} msg/s "
-                    f"(median {statistics.median(pub_rates):,.0f}); sent {[r['sent'] for r in runs]}, "
-                    f"non-retained lost at mosquitto {[r['lost'] for r in runs]}, "
-                    f"failed {[r['failed'] for r in runs]}"
+                    f"(median {statistics.median(pub_rates):,.0f}); to the last PUBACK "
+                    f"{' / '.join(f'{x:,.0f}' for x in acked)} (median {statistics.median(acked):,.0f}); "
+                    f"simulator CPU {statistics.median(r['cpu_ms_per_1k'] for r in runs):.0f} ms, "
+                    f"mosquitto CPU {statistics.median(r['broker_cpu_ms_per_1k'] for r in runs):.0f} ms "
+                    f"per 1,000 msgs; sent {[r['sent'] for r in runs]}, "
+                    f"{'non-retained lost at mosquitto' if mode != 'secure1' else 'un-acked'} "
+                    f"{[r['lost'] for r in runs]}, failed {[r['failed'] for r in runs]}"
                 )
+                if mode == "secure1":
+                    opened = " / ".join(f"{r['connect_s']:.1f}" for r in runs)
+                    line += (
+                        f"; {runs[0]['connections']:.0f} connections opened in {opened} s, taking "
+                        f"{max(r['pool_rss_mb'] for r in runs):.0f} MiB"
+                    )
                 if args.subscriber:
                     e2e = [r["e2e_msg_s"] for r in runs]
                     line += (
@@ -211,7 +317,7 @@ def main() -> None:
                     )
                 print(line, flush=True)
         finally:
-            if proc is not None:
+            for proc in procs:
                 proc.terminate()
                 proc.wait(10)
 

@@ -66,6 +66,14 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from store.sink import run
+
+    settings = _settings(args)
+    run(settings, _registry(settings))
+    return 0
+
+
 def cmd_board(args: argparse.Namespace) -> int:
     from rich.live import Live
 
@@ -127,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("ingest", cmd_ingest, "MQTT -> Kafka bridge (validate, dead-letter)"),
         ("worker", cmd_worker, "Faust worker: rules, state, alerts"),
         ("alerts", cmd_alerts, "deliver alerts to MQTT receivers and the alert log"),
+        ("store", cmd_store, "Kafka -> InfluxDB sink (SESMON_INFLUX_*; spools to disk while it is down)"),
         ("board", cmd_board, "terminal board on a running pipeline"),
     ):
         stage = sub.add_parser(name, help=helptext)

@@ -14,9 +14,7 @@ never printed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import logging
 import re
 import signal
@@ -56,20 +54,6 @@ class Stage(ChildProcess):
 
     def stop(self, grace: float = 15.0) -> None:
         super().stop(grace)
-
-
-def simulator_takes_credentials() -> bool:
-    """Whether ``sesmon simulate`` can log each device in with its own account."""
-    from simulators.cli import register
-
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            parser.parse_args(["simulate", "--credentials", "x"])
-    except SystemExit:
-        return False
-    return True
 
 
 def wait_for_ingest(
@@ -189,14 +173,6 @@ def run_demo(
         supervisor.start()
         if not wait_for_ingest(settings, stop=lambda: stopping) and not stopping:
             raise RuntimeError(f"the ingest bridge did not come up; see {logs / 'ingest.log'}")
-        if simulator and credentials is not None and not simulator_takes_credentials():
-            # the fleet simulator still publishes every unit over one anonymous connection,
-            # which the ACL rightly refuses: run the secure pipeline without it
-            console.print(
-                "[bold yellow]--secure:[/] the simulator cannot yet publish with per-device "
-                "credentials; running without it"
-            )
-            simulator = False
         if simulator and not stopping:
             sim_args = [
                 "simulate",

@@ -7,6 +7,7 @@ simulators.cli`` runs them standalone.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,7 +29,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sim = sub.add_parser("simulate", help="publish a simulated fleet or a scenario to an MQTT broker")
     sim.add_argument("--registry", type=Path, default=None, metavar="FILE", help="registry CSV")
     sim.add_argument(
-        "--mqtt-url", default=None, help="mqtt://host:port (default: SESMON_MQTT_URL or 127.0.0.1:1883)"
+        "--mqtt-url",
+        default=None,
+        help="mqtt[s]://[user:pass@]host:port (default: SESMON_MQTT_URL or 127.0.0.1:1883)",
+    )
+    sim.add_argument(
+        "--credentials",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="credentials.csv of `sesmon mqtt credentials`: every device publishes over its own connection "
+        "with its own account and Last Will; people as their firm, inspector-1 and operator",
+    )
+    sim.add_argument(
+        "--start",
+        default=None,
+        metavar="TIME",
+        help="simulated start, ISO 8601 (e.g. 2026-11-02T10:00+08:00; default: now)",
+    )
+    sim.add_argument(
+        "--threads", type=int, default=2, metavar="N", help="with --credentials: threads for all connections"
     )
     sim.add_argument(
         "--time-scale", type=float, default=1.0, metavar="X", help="simulated seconds per wall second"
@@ -100,21 +120,44 @@ def network_from_args(args: argparse.Namespace) -> NetworkOptions:
     return net
 
 
+def start_ms_from(text: str | None) -> int | None:
+    """``--start``: an ISO 8601 time (a time without offset is Guangzhou time)."""
+    if text is None:
+        return None
+    from datetime import datetime
+
+    from simulators.common import CST
+
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=CST)
+    return int(when.timestamp() * 1000)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from sesmon.settings import get_settings
-    from simulators.publisher import parse_mqtt_url, run_simulation
+    from simulators.publisher import mqtt_endpoint, run_simulation
 
-    url = args.mqtt_url or get_settings().mqtt_url or "mqtt://127.0.0.1:1883"
-    host, port = parse_mqtt_url(url)
-    registry = args.registry or get_settings().registry
+    settings = get_settings()
+    url = args.mqtt_url or settings.mqtt_url or "mqtt://127.0.0.1:1883"
+    registry = args.registry or settings.registry
     if registry is None and args.scenario is None:
         print("sesmon simulate: give --registry FILE or --scenario FILE", file=sys.stderr)
         return 2
+    if args.credentials is not None and not args.credentials.is_file():
+        print(f"sesmon simulate: no credentials file {args.credentials}", file=sys.stderr)
+        return 2
+    try:
+        start_ms = start_ms_from(args.start)
+    except ValueError as exc:
+        print(f"sesmon simulate: --start: {exc}", file=sys.stderr)
+        return 2
+    endpoint = mqtt_endpoint(url, settings)
     try:
         stats = run_simulation(
             registry,
-            host,
-            port,
+            endpoint.host,
+            endpoint.port,
             time_scale=args.time_scale,
             duration=args.duration,
             faults=args.faults,
@@ -127,12 +170,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             fault_rate_multiplier=args.fault_rate,
             offline_on_exit=not args.keep_online_on_exit,
             progress=not args.quiet,
+            start_ms=start_ms,
+            endpoint=endpoint,
+            settings=settings,
+            credentials=args.credentials,
+            threads=args.threads,
         )
     except ConnectionError as exc:
         print(f"sesmon simulate: {exc}", file=sys.stderr)
         return 1
     if not args.quiet:
         print(f"published {stats['sent']} messages ({stats['failed']} failed) in {stats['elapsed_s']} s")
+    # one machine-readable line even when quiet: what the demo's log and its tests read
+    print("simulator final " + json.dumps(stats, default=str), flush=True)
     return 0
 
 

@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from sesmon.gbt24476 import MODE_CODE as MODE_CODE  # the service-mode code table (re-exported)
+
 TOPIC_ROOT = "sesmon/v1"
+#: a terminal's MQTT Last Will, retained on its status topic (DESIGN.md §2: the bare word)
+WILL_PAYLOAD = b"offline"
 CST = timezone(timedelta(hours=8))  # Guangzhou local time, used for daily usage profiles
 
 
@@ -23,6 +27,8 @@ class Msg:
 
     ``t`` is the simulated time (epoch ms) at which it leaves the device (the network layer
     may move it); ``body`` is a dict (serialised late) or raw bytes (LWT words, malformed).
+    ``sender`` is the MQTT username a person's message goes out under on a secure broker
+    (``firm-{id}``, ``inspector-1``, ``operator``); a device's is its ``device_id``.
     """
 
     t: int
@@ -31,6 +37,17 @@ class Msg:
     retain: bool = False
     device_id: str = ""
     leaf: str = ""  # telemetry | event | status | report | dispatch
+    sender: str = ""
+
+    @property
+    def username(self) -> str:
+        """The account that publishes this message (device or person)."""
+        return self.device_id or self.sender
+
+    @property
+    def is_will(self) -> bool:
+        """The bare retained ``offline`` a broker publishes for a terminal whose link died."""
+        return self.leaf == "status" and self.body == WILL_PAYLOAD
 
     def payload(self) -> bytes:
         import orjson
@@ -125,7 +142,7 @@ class Device:
 
     def lwt_offline(self, t: int) -> None:
         """What the broker publishes for a terminal whose connection died: the bare Will."""
-        self.outbox.append(Msg(t, self.topic("status"), b"offline", True, self.device_id, "status"))
+        self.outbox.append(Msg(t, self.topic("status"), WILL_PAYLOAD, True, self.device_id, "status"))
 
 
 def steam_saturation_c(p_gauge_mpa: float) -> float:
@@ -162,43 +179,3 @@ _IF97_N4 = (
 def flue_loss_pct(flue_c: float, o2_pct: float, air_c: float = 20.0) -> float:
     """Siegert flue-gas loss q2 for natural gas (domain.md §2.5)."""
     return max(0.0, (flue_c - air_c) * (0.66 / max(21.0 - o2_pct, 0.5) + 0.009))
-
-
-# GB/T 24476 service-mode codes (DESIGN.md §2: names are canonical, codes also accepted)
-MODE_CODE = {
-    "out_of_service": 0,
-    "normal": 1,
-    "inspection": 2,
-    "fire_recall": 3,
-    "firefighter": 4,
-    "emergency_power": 5,
-    "earthquake": 6,
-    "unknown": 7,
-}
-
-
-def _names_accepted() -> bool:
-    """Does the installed ingest validator accept ``mode`` as a name?
-
-    sesmon.schemas at the time of writing validates ``mode`` strictly against the enum and
-    so rejects the JSON string ``"normal"`` (it accepts the numeric GB/T code). Until that
-    is fixed we send the code, which the validator maps to the same name; once names pass,
-    we send names, the canonical form.
-    """
-    try:
-        import orjson
-
-        from sesmon.schemas import parse_mqtt
-
-        body = orjson.dumps({"device_id": "X", "ts": 1_800_000_000_000, "seq": 1, "mode": "normal"})
-        parse_mqtt("sesmon/v1/elevator/X/telemetry", body, 1_800_000_000_000)
-        return True
-    except Exception:
-        return False
-
-
-MODE_AS_NAME = _names_accepted()
-
-
-def mode_value(mode: str) -> str | int:
-    return mode if MODE_AS_NAME else MODE_CODE[mode]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sesmon.registry import Unit
-from simulators.common import Device, Msg, local_hour, lognormal_s, mode_value
+from simulators.common import Device, Msg, local_hour, lognormal_s
 
 # hourly usage weights (local time), mean about 1; residential peaks morning/evening
 _RESIDENTIAL = (
@@ -145,7 +145,7 @@ class Elevator(Device):
             t,
             "telemetry",
             {
-                "mode": mode_value(self.mode),
+                "mode": self.mode,
                 "moving": self.moving,
                 "direction": self.direction,
                 "floor": self.label(self.nearest_idx()),

@@ -20,7 +20,7 @@ from typing import Any
 from sesmon.registry import Unit
 from sesmon.schemas import Kind
 from simulators.boiler import Boiler
-from simulators.common import Msg, lognormal_s, unit_rng
+from simulators.common import WILL_PAYLOAD, Msg, lognormal_s, unit_rng
 from simulators.elevator import Elevator
 from simulators.network import Network, NetworkOptions
 
@@ -370,6 +370,6 @@ class FleetSim:
         """What the broker would publish if every terminal's connection died: LWT ``offline``."""
         t = self.now if t is None else t
         return [
-            Msg(t, dev.topic("status"), b"offline", True, dev.device_id, "status")
+            Msg(t, dev.topic("status"), WILL_PAYLOAD, True, dev.device_id, "status")
             for dev in self.devices.values()
         ]

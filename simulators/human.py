@@ -8,8 +8,16 @@
 - responders acting on alerts: ack, dispatch, accept, on site after a log-normal delay
   (median ≈13 min, σ≈0.45: a few per cent past 30 min), freed (the car's doors open),
   restored, closed; alarm-button alerts are often false alarms;
-- hazard rectification reports some days after a hidden danger is opened;
+- hazard rectification reports some days after a hidden danger is opened, and the
+  inspector's check a few days later (verified, or now and then reopened and done again);
 - rare accidents, as reports.
+
+Each message names who sends it (``Msg.sender``, sesmon.identity): the unit's maintenance
+firm (``firm-{firm_id}``) for maintenance, rectification and its own dispatch actions, the
+96333 centre as ``operator``, the inspector (``inspector-1``) for inspections, accidents and
+hazard checks. On a secure broker the publisher sends each under that account, on the
+identity topics ``sesmon/v1/reports/{report}/{username}`` and
+``sesmon/v1/dispatch/{alert_id}/{username}``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import random
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sesmon.broker_auth import INSPECTOR, OPERATOR
+from sesmon.identity import firm_username
 from simulators.common import TOPIC_ROOT, Msg, lognormal_s, utc_date
 from simulators.elevator import Elevator
 
@@ -30,6 +40,9 @@ ARRIVAL_SIGMA = 0.45
 RESCUE_MEDIAN_S = 7 * 60.0
 LATE_FIRM_SHARE = 0.2
 ACCIDENT_RATE_PER_10K = {"elevator": 0.02, "boiler": 0.3}  # per year (domain.md §3.4)
+CENTRE = "96333"  # the emergency centre's name in dispatch actions; it publishes as the operator
+VERIFY_MEDIAN_S = 3 * 86_400.0  # inspector's re-check after a rectification
+REOPEN_SHARE = 0.05  # re-checks that find the danger not removed
 
 
 class Humans:
@@ -48,12 +61,15 @@ class Humans:
         self.visits: dict[str, int] = {}
 
     # ------------------------------------------------------------------ output
-    def report(self, t: int, report: str, body: dict[str, Any]) -> None:
-        self.sim.add_message(Msg(t, f"{TOPIC_ROOT}/reports/{report}", body, False, "", "report"))
+    def report(self, t: int, report: str, body: dict[str, Any], sender: str) -> None:
+        self.sim.add_message(Msg(t, f"{TOPIC_ROOT}/reports/{report}", body, False, "", "report", sender))
 
     def dispatch(self, t: int, alert_id: str, action: str, by: str) -> None:
+        """``by`` is the centre (96333, the operator's account) or the unit's firm id."""
         body = {"alert_id": alert_id, "action": action, "by": by, "ts": t}
-        self.sim.add_message(Msg(t, f"{TOPIC_ROOT}/dispatch/{alert_id}", body, False, "", "dispatch"))
+        sender = OPERATOR if by == CENTRE else firm_username(by)
+        msg = Msg(t, f"{TOPIC_ROOT}/dispatch/{alert_id}", body, False, "", "dispatch", sender)
+        self.sim.add_message(msg)
 
     # ------------------------------------------------------------------ schedules
     def start(self) -> None:
@@ -116,6 +132,7 @@ class Humans:
                     "start": t,
                     "end": t + duration,
                 },
+                firm_username(unit.firm_id),
             )
             sim.stats["maintenance"] += 1
         self._schedule_visit(dev_id, t + int(self._interval_days(unit.firm_id) * DAY_MS))
@@ -136,6 +153,7 @@ class Humans:
                 "result": "pass" if passed else "fail",
                 "next_due": next_due.isoformat(),
             },
+            INSPECTOR,
         )
         self.sim.stats["inspection"] += 1
         self._schedule_inspection(dev_id, t + (next_due - today).days * DAY_MS)
@@ -159,6 +177,7 @@ class Humans:
                     "serious_injuries": injuries,
                     "description": f"simulated {kind} accident",
                 },
+                INSPECTOR,  # an accident is reported by the inspectorate (sesmon.identity)
             )
             self._schedule_accident(kind, ids, per_year, tt)
 
@@ -194,13 +213,13 @@ class Humans:
         on_site = t0 + int(lognormal_s(rng, ARRIVAL_MEDIAN_S, ARRIVAL_SIGMA) * 1000)
         on_site = max(on_site, accept + 60_000)
         false_alarm = "alarm" in rule and rng.random() < 0.6
-        sim.schedule(ack, lambda t: self.dispatch(t, alert_id, "ack", "96333" if level == "P1" else firm))
-        sim.schedule(disp, lambda t: self.dispatch(t, alert_id, "dispatched", "96333"))
+        sim.schedule(ack, lambda t: self.dispatch(t, alert_id, "ack", CENTRE if level == "P1" else firm))
+        sim.schedule(disp, lambda t: self.dispatch(t, alert_id, "dispatched", CENTRE))
         sim.schedule(accept, lambda t: self.dispatch(t, alert_id, "accepted", firm))
         sim.schedule(on_site, lambda t: self.dispatch(t, alert_id, "on_site", firm))
         if false_alarm:
             sim.schedule(on_site + 120_000, lambda t: self.dispatch(t, alert_id, "false_alarm", firm))
-            sim.schedule(on_site + 300_000, lambda t: self.dispatch(t, alert_id, "closed", "96333"))
+            sim.schedule(on_site + 300_000, lambda t: self.dispatch(t, alert_id, "closed", CENTRE))
             return
         freed = on_site + int(lognormal_s(rng, RESCUE_MEDIAN_S, 0.5) * 1000)
         restored = freed + int(lognormal_s(rng, 1800, 0.6) * 1000)
@@ -214,12 +233,13 @@ class Humans:
         sim.schedule(restored, lambda t: self.dispatch(t, alert_id, "restored", firm))
         sim.schedule(
             restored + int(rng.uniform(300, 1200) * 1000),
-            lambda t: self.dispatch(t, alert_id, "closed", "96333"),
+            lambda t: self.dispatch(t, alert_id, "closed", CENTRE),
         )
         self.sim.stats["responses"] += 1
 
     def on_hazard(self, hazard: dict[str, Any]) -> None:
-        """A hidden danger was opened: the firm reports it rectified some days later (or never)."""
+        """A hidden danger was opened: the firm reports it rectified some days later (or never),
+        and the inspector checks the work a few days after that."""
         hazard_id = hazard.get("hazard_id")
         if not isinstance(hazard_id, str) or hazard_id in self.seen_hazards:
             return
@@ -228,19 +248,26 @@ class Humans:
             return  # left open: the overdue/enforcement path
         device_id = str(hazard.get("device_id", ""))
         unit = self.sim.units.get(device_id)
-        by = unit.firm_id if unit else "firm"
-        when = self.sim.now + int(lognormal_s(self.rng, 4 * 86_400, 0.8) * 1000)
-        self.sim.schedule(
-            when,
-            lambda t: self.report(
-                t,
-                "hazard",
-                {
-                    "hazard_id": hazard_id,
-                    "action": "rectified",
-                    "by": by,
-                    "ts": t,
-                    "note": "simulated rectification",
-                },
-            ),
-        )
+        firm = unit.firm_id if unit else "firm"
+        self._schedule_rectification(hazard_id, firm, self.sim.now)
+
+    def _schedule_rectification(self, hazard_id: str, firm: str, after: int) -> None:
+        when = after + int(lognormal_s(self.rng, 4 * 86_400, 0.8) * 1000)
+        self.sim.schedule(when, lambda t: self._rectified(t, hazard_id, firm))
+
+    def _rectified(self, t: int, hazard_id: str, firm: str) -> None:
+        self._hazard_report(t, hazard_id, "rectified", firm, "simulated rectification", firm_username(firm))
+        check = t + int(lognormal_s(self.rng, VERIFY_MEDIAN_S, 0.6) * 1000)
+        self.sim.schedule(check, lambda tt: self._checked(tt, hazard_id, firm))
+
+    def _checked(self, t: int, hazard_id: str, firm: str) -> None:
+        if self.rng.random() < REOPEN_SHARE:
+            self._hazard_report(t, hazard_id, "reopened", INSPECTOR, "not removed on re-check", INSPECTOR)
+            self._schedule_rectification(hazard_id, firm, t)
+        else:
+            self._hazard_report(t, hazard_id, "verified", INSPECTOR, "simulated re-check", INSPECTOR)
+
+    def _hazard_report(self, t: int, hazard_id: str, action: str, by: str, note: str, sender: str) -> None:
+        body = {"hazard_id": hazard_id, "action": action, "by": by, "ts": t, "note": note}
+        self.report(t, "hazard", body, sender)
+        self.sim.stats[f"hazard_{action}"] += 1

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
-from simulators.common import Device, Msg, lognormal_s
+from simulators.common import WILL_PAYLOAD, Device, Msg, lognormal_s
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Network:
         self.counts["lwt"] += 1
         # keepalive expiry: the broker notices about 1.5 × keepalive later and publishes the Will
         t_lwt = t + int(lwt_delay_s * 1000)
-        self._push(t_lwt, Msg(t_lwt, dev.topic("status"), b"offline", True, dev.device_id, "status"))
+        self._push(t_lwt, Msg(t_lwt, dev.topic("status"), WILL_PAYLOAD, True, dev.device_id, "status"))
 
     def reconnect(self, dev: Device, t: int) -> None:
         self.offline_until.pop(dev.device_id, None)
@@ -128,7 +128,7 @@ class Network:
                 t += int(rng.uniform(500, 5000))
             if o.malformed and rng.random() < o.malformed:
                 self.counts["malformed"] += 1
-                msg = Msg(msg.t, msg.topic, corrupt(msg, rng), msg.retain, msg.device_id, msg.leaf)
+                msg = replace(msg, body=corrupt(msg, rng))
             self._push(t, msg)
             if o.duplicates and rng.random() < o.duplicates:
                 self.counts["duplicated"] += 1
@@ -146,7 +146,7 @@ class Network:
         while heap and heap[0][0] <= until:
             t, _, msg = heapq.heappop(heap)
             if msg.t != t:
-                msg = Msg(t, msg.topic, msg.body, msg.retain, msg.device_id, msg.leaf)
+                msg = replace(msg, t=t)
             out.append(msg)
         return out
 

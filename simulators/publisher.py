@@ -1,13 +1,19 @@
 """Publish a simulated fleet to an MQTT broker in (scaled) real time.
 
-One paho-mqtt 2.x connection carries every simulated terminal: thousands of sockets in
-one process would measure the OS, not the pipeline. Consequences, documented in README:
+Two transports:
 
-- Last Will: a broker holds one Will per connection, so terminals cannot each have one.
-  Each device publishes a retained JSON ``online`` status at start; a dropout is emulated
-  by publishing the bare retained word ``offline`` on its status topic (exactly what the
-  broker would publish for its Will), and on exit every device gets ``offline`` the same
-  way unless ``offline_on_exit=False``.
+- an open broker: one paho-mqtt 2.x connection (:class:`FleetPublisher`) carries every
+  simulated terminal. A broker holds one Will per connection, so a dropout is emulated by
+  publishing the bare retained word ``offline`` on the device's status topic (exactly what
+  the broker would publish for its Will), and on exit every device gets ``offline`` the
+  same way unless ``offline_on_exit=False``;
+- a secure broker (``credentials``: the ``credentials.csv`` of ``sesmon mqtt credentials``):
+  one connection per account (:class:`simulators.pool.AccountPool`): each device logs in
+  as itself with its own real Will, people as their firm, the inspector or the operator,
+  on the identity topics of ``sesmon.identity``.
+
+The broker URL keeps TLS and credentials (``mqtts://user:pass@host``): clients are made by
+``sesmon.mqtt.make_client``.
 - paho trap (stack.md): at QoS 1 more than 65,535 un-acked publishes reuse message ids
   and paho drops messages. We bound un-acked publishes (``max_unacked``, default 20,000),
   check the rc of every publish and retry on ``MQTT_ERR_QUEUE_SIZE``; failures are counted.
@@ -27,11 +33,13 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from sesmon.mqtt import make_client
+from sesmon.settings import MqttEndpoint, Settings, get_settings
 from simulators.common import TOPIC_ROOT, Msg, iso_ms
 from simulators.engine import FleetSim, SimOptions
 from simulators.network import NetworkOptions
+from simulators.pool import AccountPool
 
 StatsCallback = Callable[[dict[str, Any]], None]
 
@@ -49,13 +57,14 @@ class FleetPublisher:
         max_unacked: int = 20_000,
         keepalive: int = 30,
         subscribe_alerts: bool = True,
+        endpoint: MqttEndpoint | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        self.host, self.port, self.qos = host, port, qos
+        endpoint = endpoint or MqttEndpoint(host, port)
+        self.host, self.port, self.qos = endpoint.host, endpoint.port, qos
         self.max_unacked = max_unacked
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"sesmon-sim-{os.getpid()}",
-            protocol=mqtt.MQTTv311,
+        self.client = make_client(
+            settings or get_settings(), client_id or f"sesmon-sim-{os.getpid()}", endpoint=endpoint
         )
         self.client.max_queued_messages_set(0)
         self.keepalive = keepalive
@@ -63,12 +72,14 @@ class FleetPublisher:
         self.cond = threading.Condition()
         self.unacked = 0
         self.connected = threading.Event()
+        self.listening = threading.Event()  # SUBACK of the alerts subscription
         self.inbox: deque[tuple[str, bytes]] = deque()
         self.counts: Counter[str] = Counter()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda _c, _u, _mid, _codes, _p: self.listening.set()
 
     # ---- paho callbacks (network thread)
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -97,7 +108,7 @@ class FleetPublisher:
     def connect(self, timeout: float = 10.0) -> FleetPublisher:
         self.client.connect(self.host, self.port, keepalive=self.keepalive)
         self.client.loop_start()
-        if not self.connected.wait(timeout):
+        if not self.connected.wait(timeout) or (self.subscribe_alerts and not self.listening.wait(timeout)):
             self.client.loop_stop()
             raise ConnectionError(f"no MQTT connection to {self.host}:{self.port} within {timeout} s")
         return self
@@ -162,9 +173,16 @@ class FleetPublisher:
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
-    from sesmon.settings import parse_host_port
+    """Host and port of a broker URL (see :func:`mqtt_endpoint` for TLS and credentials)."""
+    endpoint = mqtt_endpoint(url)
+    return endpoint.host, endpoint.port
 
-    return parse_host_port(url, 1883)
+
+def mqtt_endpoint(url: str, settings: Settings | None = None) -> MqttEndpoint:
+    """A broker URL with nothing dropped: ``mqtts://user:pass@host:port`` keeps TLS and the account
+    (falling back to ``SESMON_MQTT_USERNAME``/``_PASSWORD``)."""
+    settings = settings or get_settings()
+    return MqttEndpoint.from_url(url, username=settings.mqtt_username, password=settings.mqtt_password)
 
 
 class _Stopper:
@@ -207,13 +225,23 @@ def run_simulation(
     progress: bool = False,
     tick_s: float = 0.05,
     sim: FleetSim | None = None,
+    endpoint: MqttEndpoint | None = None,
+    settings: Settings | None = None,
+    credentials: str | Path | None = None,
+    threads: int = 2,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
     """Publish a fleet (or a scenario) to MQTT until ``duration`` wall seconds or a stop.
 
-    Simulated time runs at ``time_scale`` × wall time from ``start_ms`` (default: now),
-    so device timestamps are current at scale 1. Returns the final statistics.
+    Simulated time runs at ``time_scale`` × wall time from ``start_ms`` (default: ``clock()``,
+    i.e. now, so device timestamps are current at scale 1; tests pass a fixed start, since
+    the traffic profile follows the simulated hour). ``endpoint`` (else ``host``/``port``)
+    is the broker with its TLS and account; with ``credentials`` (``credentials.csv``) every
+    device and person publishes over its own connection (``threads`` loops drive them all).
+    Returns the final statistics.
     """
     stop = stop_event or threading.Event()
+    endpoint = endpoint or MqttEndpoint(host, port)
     if sim is None:
         sim = build_sim(
             registry_path,
@@ -225,9 +253,22 @@ def run_simulation(
             human=human,
             responders=responders,
             fault_rate_multiplier=fault_rate_multiplier,
-            start_ms=start_ms if start_ms is not None else int(time.time() * 1000),
+            start_ms=start_ms if start_ms is not None else int(clock() * 1000),
         )
-    pub = FleetPublisher(host, port, qos=qos, subscribe_alerts=responders)
+    pub: FleetPublisher | AccountPool
+    if credentials is not None:
+        pub = AccountPool.for_fleet(
+            credentials,
+            {d: dev.topic("status") for d, dev in sim.devices.items()},
+            {u.firm_id for u in sim.units.values()},
+            endpoint,
+            responders=responders,
+            settings=settings,
+            qos=qos,
+            threads=threads,
+        )
+    else:
+        pub = FleetPublisher(qos=qos, subscribe_alerts=responders, endpoint=endpoint, settings=settings)
     pub.connect()
     counts: Counter[str] = Counter()
     display = _Progress(sim, enabled=progress)
@@ -261,11 +302,14 @@ def run_simulation(
                 spare = tick_s - (time.monotonic() - now)
                 if spare > 0:
                     stop.wait(spare)
-            if offline_on_exit:
-                pub.publish_msgs(sim.shutdown_messages())
+            if offline_on_exit and isinstance(pub, FleetPublisher):
+                pub.publish_msgs(sim.shutdown_messages())  # the Wills, emulated
             pub.flush(10.0)
     finally:
-        pub.close()
+        if isinstance(pub, AccountPool):
+            pub.close(wills=offline_on_exit)  # each device's link cut: the broker publishes its Will
+        else:
+            pub.close()
     stats = _stats(sim, pub, counts, time.monotonic() - wall0, rate)
     if stats_callback is not None:
         stats_callback(stats)
@@ -288,15 +332,16 @@ def _handle_inbound(sim: FleetSim, topic: str, payload: bytes, counts: Counter[s
 
 
 def _stats(
-    sim: FleetSim, pub: FleetPublisher, counts: Counter[str], elapsed: float, rate: float
+    sim: FleetSim, pub: FleetPublisher | AccountPool, counts: Counter[str], elapsed: float, rate: float
 ) -> dict[str, Any]:
-    return {
+    totals = pub.counts
+    out = {
         "elapsed_s": round(elapsed, 1),
         "sim_ms": sim.now,
         "sim_time": iso_ms(sim.now),
-        "sent": pub.counts["sent"],
-        "acked": pub.counts["acked"],
-        "failed": pub.counts["failed"],
+        "sent": totals["sent"],
+        "acked": totals["acked"],
+        "failed": totals["failed"],
         "unacked": pub.unacked,
         "rate_msg_s": round(rate, 1),
         "telemetry": counts["telemetry"],
@@ -309,6 +354,13 @@ def _stats(
         "devices": len(sim.devices),
         "network": dict(sim.net.counts),
     }
+    if isinstance(pub, AccountPool):
+        out["connections"] = {
+            k: totals[k]
+            for k in ("connections", "connected", "wills", "reconnects_after_dropout", "disconnects",
+                      "reconnects", "refused", "no_account")
+        }  # fmt: skip
+    return out
 
 
 class _Progress:

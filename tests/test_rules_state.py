@@ -93,6 +93,7 @@ def test_v2_round_trip_is_exact_and_compact(engine: RuleEngine) -> None:
 def test_faust_json_codec_stores_the_state_as_is(engine: RuleEngine) -> None:
     """The worker's table uses Faust's JSON serializer: it must store ``out.state`` unchanged."""
     from faust.serializers import codecs
+
     run = Run(engine, boiler())
     out = engine.process(None, tele("boiler", "B1", 0, 1, pressure_mpa=1.3, burner="high_fire"), run.unit)
     raw = codecs.dumps("json", out.state)

@@ -262,6 +262,7 @@ def test_shipped_json_schema_is_current() -> None:
 
 def test_json_schema_accepts_the_catalogue_and_rejects_typos(tmp_path: Path) -> None:
     import jsonschema
+
     schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema)
     assert list(validator.iter_errors(SHIPPED)) == []

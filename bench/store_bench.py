@@ -1,0 +1,270 @@
+"""Throughput of the InfluxDB sink into a local InfluxDB (Debian influxd 1.6.7, v1 /write).
+
+Prints, per run and as the median of the runs:
+
+- **sink**: envelopes as they lie on Kafka (simulator-shaped readings: 90 % elevators with 18
+  fields, 10 % boilers with 14) → ``PointMaker`` → batches → the ``PointSink`` writer thread →
+  InfluxDB, timed from the first record until the last point is acknowledged;
+- **stage** (with ``--kafka``): the same through the whole ``sesmon store`` stage reading them
+  from a Tansu broker, timed from the first record consumed (the consumer-group join, ~5 s on
+  Tansu, is left out) until all are acknowledged;
+- **raw /write**: the yardstick in the same run: the same points pre-built as line protocol,
+  POSTed in batches of the same size over one connection;
+- **encoder**: line protocol built with ``store.lineproto.encode`` vs influxdb-client ``Point``
+  (conversion only, no I/O).
+
+With ``--shape small`` each reading carries 4 fields instead of 18 (InfluxDB's cost grows with
+the fields: 1.6.7 spends about 60 µs of CPU on an 18-field point here).
+
+Usage: python bench/store_bench.py [--points 200000] [--batch 5000] [--runs 3] [--kafka] [--shape full|small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson
+import urllib3
+
+from sesmon.kafka import ensure_topics, make_producer
+from sesmon.services import start_influxdb, start_kafka
+from sesmon.settings import Settings
+from store.lineproto import encode, to_point
+from store.points import PointMaker
+from store.sink import BatchBuilder, PointSink, StoreStage
+from store.spool import Spool
+from store.wire import InfluxWriter, query
+
+T0 = 1_800_000_000_000
+DISTRICTS = ("越秀", "海珠", "荔湾", "天河", "白云", "黄埔", "番禺", "花都", "南沙", "从化", "增城")
+
+
+def envelopes(n: int, units: int = 2000, seed: int = 1, shape: str = "full") -> list[bytes]:
+    """Readings shaped like the simulator's (simulators/elevator.py, boiler.py), 1 s apart per unit;
+    ``small``: two readings per message (4 fields with seq and received_ms, as stack.md §4 measured)."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        unit = i % units
+        ts = T0 + (i // units) * 1000 + unit
+        if unit % 10:
+            device, kind = f"E{unit:05d}", "elevator"
+            moving = rnd.random() < 0.3
+            body = {
+                "mode": "normal",
+                "moving": moving,
+                "direction": rnd.choice(("up", "down")) if moving else "none",
+                "floor": rnd.randint(1, 30),
+                "door_zone": not moving,
+                "door": "closed" if moving else "open",
+                "speed_mps": round(rnd.uniform(0.5, 2.5), 2) if moving else 0.0,
+                "load_pct": round(rnd.uniform(0, 80), 1),
+                "occupied": rnd.random() < 0.5,
+                "safety_circuit_open": False,
+                "door_lock_circuit_open": False,
+                "power": "mains",
+                "up_limit": False,
+                "down_limit": False,
+                "run_count": 10_000 + i,
+                "door_cycles": 20_000 + i,
+            }
+        else:
+            device, kind = f"B{unit:05d}", "boiler"
+            body = {
+                "pressure_mpa": round(rnd.uniform(0.8, 1.2), 3),
+                "water_level_mm": round(rnd.uniform(-30, 30), 1),
+                "steam_temp_c": round(rnd.uniform(180, 190), 1),
+                "feedwater_temp_c": 104.0,
+                "steam_flow_tph": round(rnd.uniform(4, 8), 2),
+                "feedwater_flow_tph": round(rnd.uniform(4, 8), 2),
+                "flue_gas_temp_c": round(rnd.uniform(140, 170), 1),
+                "o2_pct": round(rnd.uniform(3, 5), 2),
+                "fuel_flow_nm3h": round(rnd.uniform(300, 600), 1),
+                "burner": "high_fire",
+            }
+        if shape == "small":
+            body = dict(list(body.items())[2:4])
+        body = {"device_id": device, "ts": ts, "seq": i, **body}
+        env = {
+            "type": "telemetry",
+            "kind": kind,
+            "device_id": device,
+            "mqtt_topic": f"sesmon/v1/{kind}/{device}/telemetry",
+            "received_ms": ts + 150,
+            "ts": ts,
+            "seq": i,
+            "body": body,
+        }
+        out.append(orjson.dumps(env))
+    return out
+
+
+def place(device_id: str) -> tuple[str, str]:
+    unit = int(device_id[1:])
+    return DISTRICTS[unit % len(DISTRICTS)], f"F{unit % 40:02d}"
+
+
+def count_points(url: str, db: str, measurement: str) -> int:
+    answer = query(url, f"SELECT count(received_ms) FROM {measurement}", db)
+    series = answer["results"][0].get("series") or [{"values": [[0, 0]]}]
+    return int(series[0]["values"][0][1])
+
+
+def sink_run(url: str, work: Path, values: list[bytes], batch: int, tag: str) -> float:
+    settings = Settings(influx_url=url, influx_db=f"sink{tag}", data_dir=work)
+    counters: Counter[str] = Counter()
+    sink = PointSink(InfluxWriter(settings), Spool(work / f"spool{tag}", 1 << 40), 10**9, counters).start()
+    maker, builder = PointMaker(place), BatchBuilder(batch, 1.0)
+    sink.writer.connect()  # the database exists before the clock starts
+    started = time.perf_counter()
+    for offset, value in enumerate(values):
+        builder.add(maker.lines("telemetry", value), "telemetry", 0, offset)
+        if builder.full:
+            sink.submit(builder.take())  # type: ignore[arg-type]
+    last = builder.take()
+    if last is not None:
+        sink.submit(last)
+    while counters["written_points"] < len(values):
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    sink.stop()
+    stored = count_points(url, settings.influx_db, "elevator") + count_points(
+        url, settings.influx_db, "boiler"
+    )
+    assert stored == len(values), f"sink stored {stored} of {len(values)}"
+    return len(values) / elapsed
+
+
+def stage_run(url: str, kafka_port: int, work: Path, values: list[bytes], batch: int, tag: str) -> float:
+    settings = Settings(
+        kafka_url=f"127.0.0.1:{kafka_port}",
+        influx_url=url,
+        influx_db=f"stage{tag}",
+        data_dir=work / f"stage{tag}",
+        topic_prefix=f"bench{tag}",
+        kafka_partitions=2,
+        store_batch_points=batch,
+        stats_every_s=5.0,
+    )
+    ensure_topics(settings)
+    producer = make_producer(settings, **{"linger.ms": 50})
+    for value in values:
+        while True:
+            try:
+                producer.produce(settings.topic("telemetry"), value=value, key=value[40:50])
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+    stage = StoreStage(settings)
+    stage.maker = PointMaker(place)
+    thread = threading.Thread(target=stage.run_forever, daemon=True)
+    thread.start()
+    while stage.counters["records_telemetry"] == 0:
+        time.sleep(0.001)
+    started = time.perf_counter()
+    while (
+        stage.counters["records_telemetry"] < len(values) or not stage.sink.drained or stage.builder.offsets
+    ):
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    stage.stop()
+    thread.join(60)
+    stored = count_points(url, settings.influx_db, "elevator") + count_points(
+        url, settings.influx_db, "boiler"
+    )
+    assert stored == len(values), f"stage stored {stored} of {len(values)}"
+    return len(values) / elapsed
+
+
+def raw_run(url: str, bodies: list[bytes], points: int, tag: str) -> float:
+    pool = urllib3.PoolManager(maxsize=1)
+    pool.request("POST", f"{url}/query", fields={"q": f'CREATE DATABASE "raw{tag}"'})
+    started = time.perf_counter()
+    for body in bodies:
+        response = pool.request("POST", f"{url}/write?db=raw{tag}&precision=ms", body=body)
+        assert response.status == 204, response.data
+    return points / (time.perf_counter() - started)
+
+
+def encoder_rates(values: list[bytes]) -> tuple[float, float]:
+    maker = PointMaker(place)
+    captured: list[tuple[str, dict, dict, int]] = []
+    import store.points as points_module
+
+    real_encode = points_module.encode
+    points_module.encode = lambda m, t, f, ts: captured.append((m, dict(t), dict(f), ts)) or ""
+    try:
+        for value in values:
+            maker.lines("telemetry", value)
+    finally:
+        points_module.encode = real_encode
+    started = time.perf_counter()
+    for m, t, f, ts in captured:
+        encode(m, t, f, ts)
+    fast = len(captured) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for m, t, f, ts in captured:
+        to_point(m, t, f, ts).to_line_protocol()
+    return fast, len(captured) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--kafka", action="store_true", help="also run the whole stage reading from Tansu")
+    parser.add_argument("--shape", choices=("full", "small"), default="full", help="fields per reading")
+    args = parser.parse_args()
+
+    values = envelopes(args.points, shape=args.shape)
+    maker = PointMaker(place)
+    lines = [line for v in values for line in maker.lines("telemetry", v)]
+    bodies = [
+        ("\n".join(lines[i : i + args.batch]) + "\n").encode() for i in range(0, len(lines), args.batch)
+    ]
+    print(
+        f"{args.points} points ({sum(map(len, bodies)) / len(lines):.0f} bytes of line protocol each), "
+        f"batches of {args.batch}"
+    )
+    fast, slow = encoder_rates(values[:50_000])
+    print(f"encoder: store.lineproto {fast:,.0f} points/s, influxdb-client Point {slow:,.0f} points/s")
+
+    results: dict[str, list[float]] = {"sink": [], "raw /write": []}
+    if args.kafka:
+        results["stage (Kafka)"] = []
+    with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
+        work = Path(tmp)
+        (work / "influx").mkdir()
+        influx = start_influxdb(work / "influx")
+        kafka = start_kafka(work) if args.kafka else None
+        url = f"http://127.0.0.1:{influx.port}"
+        try:
+            for run in range(1, args.runs + 1):
+                results["raw /write"].append(raw_run(url, bodies, len(lines), str(run)))
+                results["sink"].append(sink_run(url, work, values, args.batch, str(run)))
+                if kafka is not None:
+                    results["stage (Kafka)"].append(
+                        stage_run(url, kafka.port, work, values, args.batch, str(run))
+                    )
+                print(f"run {run}: " + ", ".join(f"{k} {v[-1]:,.0f} points/s" for k, v in results.items()))
+        finally:
+            if kafka is not None:
+                kafka.stop()
+            influx.stop()
+    print("median: " + ", ".join(f"{k} {statistics.median(v):,.0f} points/s" for k, v in results.items()))
+
+
+if __name__ == "__main__":
+    main()

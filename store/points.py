@@ -1,0 +1,246 @@
+"""Kafka records → InfluxDB points (DESIGN.md §7), as line protocol.
+
+- ``telemetry`` → ``elevator`` / ``boiler``: tags device_id, district, firm_id; fields = the
+  reading, seq, received_ms; time = device ``ts``
+- ``events`` → ``event``: tags device_id, kind, district, firm_id, code, state; fields seq,
+  received_ms, detail (JSON text); time = device ``ts``
+- ``alerts`` → ``alert``: tags device_id, kind, district, firm_id, rule, level, state; fields
+  alert_id, title, opened_at, open_s, escalation, receivers; time = ``changed_at``
+- ``hazards`` → ``hazard``: tags device_id, kind, district, firm_id, grade, status, supervision,
+  source; fields hazard_id, deadline, overdue, open, closed_on_time, …; time = ``updated_at``
+- ``dispatch`` → ``dispatch``: tags device_id, district, firm_id, rule, action; fields alert_id,
+  actor (its ``by``: BY is an InfluxQL keyword), since_alarm_s, received_ms; time = the action's ``ts``
+- ``pipeline`` → ``pipeline``: tag stage; every counter, flattened (numbers as floats); time ``at``
+- (metrics) ``safety_kpi``: tags scope, scope_id, kind, window; the DESIGN.md §6 numerators,
+  denominators and ratios; time = the "as of" instant
+
+Identity: a point is its series (measurement + tags) and time, so a record read twice (the
+sink is at-least-once) overwrites itself with the same values. District and firm come from
+the registry for device records (alerts and hazards carry their own).
+
+Field types must never change within a measurement (InfluxDB refuses the point): telemetry
+fields keep the type the message schema declares; a field a schema does not know is written
+as a float when numeric; pipeline counters are always floats.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from metrics.inputs import parse_alert_id
+from metrics.kpi import SafetyKpi
+from sesmon.schemas import TELEMETRY_MODELS
+from store.lineproto import encode
+
+#: the Kafka streams the sink stores
+STORED_STREAMS = ("telemetry", "events", "alerts", "hazards", "dispatch", "pipeline")
+
+
+class BadRecord(ValueError):
+    """A record the sink cannot turn into points (counted and skipped; its offset still moves on)."""
+
+
+def _int_fields(model: type) -> frozenset[str]:
+    """Fields a schema declares ``int`` (every other number is written as a float)."""
+    out = set()
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        args = set(typing.get_args(info.annotation)) | {info.annotation}
+        if int in args and float not in args:
+            out.add(name)
+    return frozenset(out)
+
+
+_INT_FIELDS = {str(kind.value): _int_fields(model) for kind, model in TELEMETRY_MODELS.items()}
+_KNOWN_FIELDS = {str(kind.value): frozenset(model.model_fields) for kind, model in TELEMETRY_MODELS.items()}
+_NOT_FIELDS = ("device_id", "ts")
+
+
+class PointMaker:
+    """Turns the raw value of a record on one of :data:`STORED_STREAMS` into lines.
+
+    ``place`` maps a device_id to its (district, firm_id) — the registry's — or ``None``.
+    """
+
+    def __init__(self, place: Callable[[str], tuple[str, str] | None] | None = None) -> None:
+        self.place = place or (lambda _device: None)
+        self._tags: dict[str, dict[str, str]] = {}  # device_id -> its tags (call forget() on a new registry)
+        self.by_stream: dict[str, Callable[[Any], list[str]]] = {
+            "telemetry": self.telemetry,
+            "events": self.event,
+            "alerts": self.alert,
+            "hazards": self.hazard,
+            "dispatch": self.dispatch,
+            "pipeline": self.pipeline,
+        }
+
+    def lines(self, stream: str, value: bytes | None) -> list[str]:
+        """Lines for one record (possibly none); :class:`BadRecord` if it is not what the topic holds."""
+        convert = self.by_stream.get(stream)
+        if convert is None:
+            raise BadRecord(f"stream {stream!r} is not stored")
+        try:
+            record = orjson.loads(value or b"")
+        except orjson.JSONDecodeError as exc:
+            raise BadRecord(f"not JSON: {exc}") from None
+        if not isinstance(record, dict):
+            raise BadRecord(f"a JSON {type(record).__name__}, not an object")
+        try:
+            return [line for line in convert(record) if line]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadRecord(f"{stream} record without what it needs: {exc!r}") from None
+
+    def _unit_tags(self, device_id: str) -> dict[str, str]:
+        tags = self._tags.get(device_id)
+        if tags is None:
+            placed = self.place(device_id)
+            tags = {"device_id": device_id}
+            if placed is not None:
+                tags |= {"district": placed[0], "firm_id": placed[1]}
+            if len(self._tags) >= 1_000_000:
+                self._tags.clear()
+            self._tags[device_id] = tags
+        return tags
+
+    def forget(self) -> None:
+        """The registry changed: look every unit's district and firm up again."""
+        self._tags.clear()
+
+    # ------------------------------------------------------------------ device streams
+
+    def telemetry(self, env: dict[str, Any]) -> list[str]:
+        kind = env["kind"]
+        body: dict[str, Any] = env["body"]
+        device_id = env.get("device_id") or body["device_id"]
+        ints = _INT_FIELDS.get(kind, frozenset())
+        for name in _NOT_FIELDS:
+            body.pop(name, None)
+        for name in body.keys() - _KNOWN_FIELDS.get(kind, frozenset()):
+            value = body[name]
+            if type(value) is int:  # an extra the schema does not know: numbers are floats
+                body[name] = float(value)
+            elif isinstance(value, dict | list):
+                del body[name]  # structures are not readings
+        for name in ints & body.keys():  # validated ints stay ints (and a float from a foreign producer too)
+            value = body[name]
+            if type(value) is float and value.is_integer():
+                body[name] = int(value)
+        body["received_ms"] = int(env["received_ms"])
+        return [encode(kind, self._unit_tags(device_id), body, env["ts"])]
+
+    def event(self, env: dict[str, Any]) -> list[str]:
+        body = env["body"]
+        device_id = env.get("device_id") or body["device_id"]
+        tags = {
+            **self._unit_tags(device_id),
+            "kind": env.get("kind"),
+            "code": body["code"],
+            "state": body["state"],
+        }
+        fields: dict[str, Any] = {
+            "seq": int(body.get("seq", env.get("seq") or 0)),
+            "received_ms": int(env["received_ms"]),
+        }
+        if body.get("detail"):
+            fields["detail"] = orjson.dumps(body["detail"]).decode()
+        return [encode("event", tags, fields, env["ts"])]
+
+    def dispatch(self, env: dict[str, Any]) -> list[str]:
+        body = env["body"]
+        alert_id = str(body.get("alert_id") or env["alert_id"])
+        parsed = parse_alert_id(alert_id)
+        tags: dict[str, Any] = {"action": body["action"]}
+        fields: dict[str, Any] = {
+            "alert_id": alert_id,
+            "actor": str(body.get("by", "")),
+            "received_ms": int(env["received_ms"]),
+        }
+        if parsed is not None:
+            device_id, rule, opened = parsed
+            tags |= self._unit_tags(device_id) | {"rule": rule}
+            fields["since_alarm_s"] = (int(body["ts"]) - opened) / 1000
+        if env.get("publisher"):
+            fields["publisher"] = str(env["publisher"])
+        return [encode("dispatch", tags, fields, body["ts"])]
+
+    # ------------------------------------------------------------------ rule outputs
+
+    def alert(self, a: dict[str, Any]) -> list[str]:
+        tags = {
+            "device_id": a["device_id"],
+            "kind": a.get("kind"),
+            "district": a.get("district"),
+            "firm_id": a.get("firm_id"),
+            "rule": a["rule"],
+            "level": a.get("level"),
+            "state": a["state"],
+        }
+        fields = {
+            "alert_id": str(a["alert_id"]),
+            "title": str(a.get("title", "")),
+            "rule_version": str(a.get("rule_version", "")),
+            "opened_at": int(a["opened_at"]),
+            "escalation": int(a.get("escalation", 0)),
+            "open_s": (int(a["changed_at"]) - int(a["opened_at"])) / 1000,
+            "receivers": len(a.get("receivers") or ()),
+        }
+        return [encode("alert", tags, fields, a["changed_at"])]
+
+    def hazard(self, h: dict[str, Any]) -> list[str]:
+        tags = {
+            "device_id": h["device_id"],
+            "kind": h.get("kind"),
+            "district": h.get("district"),
+            "firm_id": h.get("firm_id"),
+            "grade": h["grade"],
+            "status": h["status"],
+            "supervision": h.get("supervision", "none"),
+            "source": h.get("source"),
+        }
+        fields: dict[str, Any] = {
+            "hazard_id": str(h["hazard_id"]),
+            "title": str(h.get("title", "")),
+            "rule": str(h.get("rule", "")),
+            "opened_at": int(h["opened_at"]),
+            "deadline": int(h["deadline"]),
+            "overdue": bool(h.get("overdue", False)),
+            "use_stopped": bool(h.get("use_stopped", False)),
+            "reopened": int(h.get("reopened", 0)),
+            "occurrences": int(h.get("occurrences", 1)),
+            "open": h["status"] in ("reported", "rectified"),
+        }
+        if h.get("closed_on_time") is not None:
+            fields["closed_on_time"] = bool(h["closed_on_time"])
+        return [encode("hazard", tags, fields, h["updated_at"])]
+
+    # ------------------------------------------------------------------ the pipeline itself
+
+    def pipeline(self, stats: dict[str, Any]) -> list[str]:
+        stage = str(stats["stage"])
+        fields: dict[str, Any] = {}
+        _flatten(stats, "", fields)
+        for name in ("stage", "at"):
+            fields.pop(name, None)
+        return [encode("pipeline", {"stage": stage}, fields, stats["at"])]
+
+
+def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    """Counters as fields: numbers → float (a counter's type must never change), nested → ``a_b``."""
+    for key, v in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(v, bool | str):
+            out[name] = v
+        elif isinstance(v, int | float):
+            out[name] = float(v)
+        elif isinstance(v, Mapping):
+            _flatten(v, name + "_", out)
+        elif isinstance(v, list | tuple):
+            out[name] = ",".join(map(str, v))
+
+
+def kpi_line(kpi: SafetyKpi, as_of_ms: int | None = None) -> str:
+    """A ``safety_kpi`` point (tags scope, scope_id, kind, window), timed at the window's end."""
+    return encode("safety_kpi", kpi.tags(), kpi.fields(), kpi.window.end_ms if as_of_ms is None else as_of_ms)
