@@ -42,11 +42,11 @@ from alerts.routing import (
     route_alert,
     route_hazard,
 )
-from sesmon.health import Health, fatal
-from sesmon.kafka import ensure_topics, make_consumer, make_producer, stats_record
-from sesmon.mqtt import connect_async, make_client
-from sesmon.retry import Stopping, call_with_retry
-from sesmon.settings import Settings
+from sesmon.runtime.health import Health, fatal
+from sesmon.runtime.kafka import ensure_topics, make_consumer, make_producer, stats_record
+from sesmon.runtime.mqtt import connect_async, make_client
+from sesmon.runtime.retry import Stopping, call_with_retry
+from sesmon.runtime.settings import Settings
 
 __all__ = [
     "AlertPublisher",

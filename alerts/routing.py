@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from sesmon.schemas import TOPIC_ROOT, Alert, Level, Receiver
+from sesmon.contract.schemas import TOPIC_ROOT, Alert, Level, Receiver
 
 
 class BadRecord(ValueError):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sesmon.kafka import ensure_topics
-from sesmon.services import start_kafka, start_mqtt
-from sesmon.settings import Settings
+from sesmon.runtime.kafka import ensure_topics
+from sesmon.runtime.services import start_kafka, start_mqtt
+from sesmon.runtime.settings import Settings
 from tests.test_alerts_crash import PageInbox, alerts_stage, p1_alert, produce_alerts
 
 

@@ -30,10 +30,10 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from sesmon.kafka import ensure_topics, make_consumer
-from sesmon.registry import write_registry
-from sesmon.services import EmbeddedServices
-from sesmon.settings import Settings
+from sesmon.contract.registry import write_registry
+from sesmon.runtime.kafka import ensure_topics, make_consumer
+from sesmon.runtime.services import EmbeddedServices
+from sesmon.runtime.settings import Settings
 from simulators.fleet import generate_fleet
 
 MAX_UNACKED = 10_000  # paho drops QoS 1 publishes past 65,535 outstanding ids (stack.md)
@@ -117,7 +117,7 @@ def raw_mqtt(port: int, count: int) -> float:
 def stage(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     log = (logs / f"{name}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "sesmon.cli", name],
+        [sys.executable, "-m", "sesmon.app.cli", name],
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,

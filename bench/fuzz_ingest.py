@@ -36,10 +36,10 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from ingest.bridge import IngestBridge
-from sesmon.kafka import make_reader
-from sesmon.registry import Registry, write_registry
-from sesmon.services import start_kafka, start_mqtt
-from sesmon.settings import Settings
+from sesmon.contract.registry import Registry, write_registry
+from sesmon.runtime.kafka import make_reader
+from sesmon.runtime.services import start_kafka, start_mqtt
+from sesmon.runtime.settings import Settings
 
 BASE_MS = 1_795_000_000_000  # 2026-11-18: device times are fixed, never the wall clock
 MAX_OUTSTANDING = 10_000  # paho reuses ids past 65,535 unacked QoS 1 publishes (stack.md)

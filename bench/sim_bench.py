@@ -181,7 +181,7 @@ def one_run(
         t_pub = t_acked = time.monotonic() - t0
         raw.close()
     elif mode == "secure1":  # one connection per account, as on a secure broker
-        from sesmon.settings import MqttEndpoint
+        from sesmon.runtime.settings import MqttEndpoint
 
         topics = {d: dev.topic("status") for d, dev in sim.devices.items()}
         firms = {u.firm_id for u in sim.units.values()}
@@ -273,8 +273,8 @@ def main() -> None:
             procs.append(proc)
             brokers["plain"] = (port, proc.pid, None)
         if "secure1" in args.modes:
-            from sesmon.broker_auth import write_credentials
-            from sesmon.registry import Registry, write_registry
+            from sesmon.contract.registry import Registry, write_registry
+            from sesmon.runtime.broker_auth import write_credentials
 
             write_registry(units, Path(tmp) / "fleet.csv")
             creds = write_credentials(Registry.load(Path(tmp) / "fleet.csv"), Path(tmp) / "mqtt")

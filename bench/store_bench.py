@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson
 import urllib3
 
-from sesmon.kafka import ensure_topics, make_producer
-from sesmon.services import start_influxdb, start_kafka
-from sesmon.settings import Settings
+from sesmon.runtime.kafka import ensure_topics, make_producer
+from sesmon.runtime.services import start_influxdb, start_kafka
+from sesmon.runtime.settings import Settings
 from store.lineproto import encode, to_point
 from store.points import PointMaker
 from store.sink import BatchBuilder, PointSink, StoreStage

@@ -20,11 +20,11 @@ Why it is built this way:
   broker queues instead of us growing without limit (stack.md: paho's 65,535-id trap). The
   retry queue holds only records already counted there, so it is bounded too.
 - A fatal Kafka client error (e.g. UNKNOWN_PRODUCER_ID after the broker lost its state) or
-  a dead thread ends the process with status 70 (:func:`sesmon.health.fatal`); the
+  a dead thread ends the process with status 70 (:func:`sesmon.runtime.health.fatal`); the
   supervisor restarts it, and whatever was not yet acked comes back from the session.
 - ``on_connect`` subscribes every time: after a broker restart the session is gone and a
   client that does not resubscribe loses data silently.
-- Reports and dispatch actions may name their publisher in the topic (sesmon.identity); the
+- Reports and dispatch actions may name their publisher in the topic (sesmon.contract.identity); the
   broker's ACL guarantees the name, and the bridge checks what that publisher may say.
 """
 
@@ -47,13 +47,9 @@ import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from ingest.vendor import MALFORMED, VENDOR_ROOT, VendorError, vendor_to_canonical
-from sesmon.health import Health, fatal
-from sesmon.identity import dispatch_refusal, principal_of, report_refusal
-from sesmon.kafka import dumps, ensure_topics, make_producer, stats_record
-from sesmon.mqtt import connect_async, make_client
-from sesmon.registry import Registry
-from sesmon.retry import Stopping, retrying
-from sesmon.schemas import (
+from sesmon.contract.identity import dispatch_refusal, principal_of, report_refusal
+from sesmon.contract.registry import Registry
+from sesmon.contract.schemas import (
     JSON_DEPTH_CEILING,
     STREAM_OF,
     TOPIC_ROOT,
@@ -62,7 +58,11 @@ from sesmon.schemas import (
     json_depth_exceeds,
     parse_mqtt,
 )
-from sesmon.settings import Settings
+from sesmon.runtime.health import Health, fatal
+from sesmon.runtime.kafka import dumps, ensure_topics, make_producer, stats_record
+from sesmon.runtime.mqtt import connect_async, make_client
+from sesmon.runtime.retry import Stopping, retrying
+from sesmon.runtime.settings import Settings
 
 log = logging.getLogger("sesmon.ingest")
 

@@ -5,7 +5,7 @@ schemas (domain.md §1.2–1.3): camelCase keys, service modes and door states a
 faults as numeric ids from one of three code lists. Mapping them here lets such a
 terminal publish directly: the bridge calls :func:`vendor_to_canonical` on anything under
 ``gbt24476/`` and validates the result like any other message. The wire format (code
-tables, topics, local time) is the contract module :mod:`sesmon.gbt24476`; it is documented
+tables, topics, local time) is the contract module :mod:`sesmon.contract.gbt24476`; it is documented
 in ingest/README.md.
 
 Topics: ``gbt24476/v1/{device_id}/status`` (real-time status) and
@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from sesmon.gbt24476 import (
+from sesmon.contract.gbt24476 import (
     CST,
     DIRECTION,
     DIRECTION_CODE,
@@ -42,7 +42,7 @@ from sesmon.gbt24476 import (
     TO_VENDOR,
     VENDOR_ROOT,
 )
-from sesmon.schemas import TOPIC_ROOT
+from sesmon.contract.schemas import TOPIC_ROOT
 
 __all__ = [
     "LIST_A",

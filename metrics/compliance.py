@@ -15,7 +15,8 @@ from typing import Any
 from metrics.inputs import MAINTENANCE_VISITS, Inspection, Visit
 from metrics.safety import ratio
 from metrics.scope import CITY, Scope, in_use, kind_of
-from metrics.windows import DAY_MS, GUANGZHOU, Window, local_date, start_of_day_ms
+from metrics.windows import DAY_MS, GUANGZHOU, Window
+from sesmon.contract.time import local_date, start_of_day_ms
 
 MAX_MAINTENANCE_GAP_DAYS = 15.0
 

@@ -5,9 +5,7 @@ q2 ≈ (t_fg − t_air)·(0.66 / (21 − O₂) + 0.009) %, with the other losses
 (q5 ≈ 1.5 %, q3/q4 ≈ 0 for gas). domain.md §2.5: 150 °C flue gas, 20 °C air, 3.5 % O₂ →
 q2 ≈ 6.1 %, η ≈ 92 %. Good for a trend and a daily figure per boiler, not a certified test.
 
-The same formula lives in ``simulators/common.py`` (``flue_loss_pct``) and ``rules/derived.py``
-(``efficiency``); this module imports neither (metrics stay independent of both) and is the
-candidate for the single shared physics function.
+The formula is :mod:`sesmon.contract.physics`, shared with the simulator and the rules.
 """
 
 from __future__ import annotations
@@ -18,36 +16,23 @@ from dataclasses import dataclass
 from datetime import date, tzinfo
 from typing import Any
 
-from metrics.windows import GUANGZHOU, local_date
+from metrics.windows import GUANGZHOU
+from sesmon.contract.physics import (
+    AIR_O2_PCT as AIR_O2_PCT,
+)
+from sesmon.contract.physics import (
+    DEFAULT_AIR_C,
+    OTHER_LOSSES_GAS_PCT,
+)
+from sesmon.contract.physics import (
+    flue_gas_loss_pct as flue_gas_loss_pct,
+)
+from sesmon.contract.physics import (
+    indirect_efficiency_pct as indirect_efficiency_pct,
+)
+from sesmon.contract.time import local_date
 
-SIEGERT_A_GAS = 0.66
-SIEGERT_B_GAS = 0.009
-OTHER_LOSSES_GAS_PCT = 1.5  # q5 (surface loss); q3, q4 ≈ 0 for gas firing
-DEFAULT_AIR_C = 20.0
-#: O₂ at or above this is air, not flue gas (burner off or purging): no efficiency
-AIR_O2_PCT = 20.5
 FIRING = ("low_fire", "high_fire")
-
-
-def flue_gas_loss_pct(
-    flue_c: float,
-    o2_pct: float,
-    air_c: float = DEFAULT_AIR_C,
-    a: float = SIEGERT_A_GAS,
-    b: float = SIEGERT_B_GAS,
-) -> float | None:
-    """Siegert q2 in per cent; None when the "flue gas" is air. Never negative."""
-    if o2_pct >= AIR_O2_PCT:
-        return None
-    return max(0.0, (flue_c - air_c) * (a / (21.0 - o2_pct) + b))
-
-
-def indirect_efficiency_pct(
-    flue_c: float, o2_pct: float, air_c: float = DEFAULT_AIR_C, other_losses_pct: float = OTHER_LOSSES_GAS_PCT
-) -> float | None:
-    """η = 100 − q2 − other losses, per cent (None when q2 is unknown)."""
-    q2 = flue_gas_loss_pct(flue_c, o2_pct, air_c)
-    return None if q2 is None else 100.0 - q2 - other_losses_pct
 
 
 @dataclass(frozen=True, slots=True)

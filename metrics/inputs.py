@@ -56,7 +56,7 @@ class Accident:
 
     @classmethod
     def from_report(cls, report: Any) -> Accident:
-        """From a ``sesmon.schemas.AccidentReport`` or its body: ``ts`` is when it happened."""
+        """From a ``sesmon.contract.schemas.AccidentReport`` or its body: ``ts`` is when it happened."""
         return cls(
             report_id=str(field(report, "report_id")),
             device_id=str(field(report, "device_id")),

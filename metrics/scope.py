@@ -19,7 +19,7 @@ CITY_ID = "city"
 
 
 class UnitLike(Protocol):
-    """What the metrics read of a registry unit (``sesmon.registry.Unit`` has all of it)."""
+    """What the metrics read of a registry unit (``sesmon.contract.registry.Unit`` has all of it)."""
 
     device_id: str
     kind: Any  # "elevator" | "boiler" (a str enum in the registry)
@@ -108,7 +108,7 @@ def all_scopes(units: Iterable[UnitLike]) -> list[Scope]:
 
 
 def units_of(units: Any) -> Mapping[str, UnitLike]:
-    """A ``sesmon.registry.Registry``, a ``{device_id: unit}`` mapping or an iterable of units,
+    """A ``sesmon.contract.registry.Registry``, a ``{device_id: unit}`` mapping or an iterable of units,
     as a mapping by device_id."""
     inner = getattr(units, "units", None)
     if isinstance(inner, Mapping):

@@ -9,12 +9,14 @@ the regulator's yearly bulletin counts it. Windows are half-open ``[start_ms, en
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import datetime, tzinfo
+
+from sesmon.contract.time import LOCAL_TZ, local_date
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 #: Guangzhou local time for calendar boundaries (a fixed offset: needs no tz database)
-GUANGZHOU = timezone(timedelta(hours=8), "UTC+08:00")
+GUANGZHOU = LOCAL_TZ  # sesmon.contract.time: the one definition
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +45,6 @@ def to_ms(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ValueError("naive datetime: give it a time zone")
     return int(moment.timestamp() * 1000)
-
-
-def local_date(ts_ms: int, tz: tzinfo = GUANGZHOU) -> date:
-    """The calendar date at ``ts_ms`` in ``tz`` (Guangzhou by default)."""
-    return datetime.fromtimestamp(ts_ms / 1000, tz).date()
-
-
-def start_of_day_ms(day: date, tz: tzinfo = GUANGZHOU) -> int:
-    """Local midnight that starts ``day``, in epoch milliseconds."""
-    return to_ms(datetime(day.year, day.month, day.day, tzinfo=tz))
 
 
 def trailing_365d(as_of_ms: int) -> Window:

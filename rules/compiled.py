@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, tzinfo
 from typing import Any
+
+from sesmon.contract.time import LOCAL_TZ, end_of_day_ms
 
 from .catalogue import Catalogue, Derived, Rule, compile_batch, prev_fields, prev_getter
 from .hazards import DAY_MS, SUPERVISION_AT_GRADING
@@ -56,14 +58,13 @@ class UnitCtx:
     calendar: list[Rule]
 
 
-def due_ms(day: date | str | None, tz: timezone) -> int | None:
+def due_ms(day: date | str | None, tz: tzinfo = LOCAL_TZ) -> int | None:
     """End of the due day in local time (Guangzhou: UTC+8), as epoch ms."""
     if day is None:
         return None
     if isinstance(day, str):
         day = date.fromisoformat(day)
-    end = datetime(day.year, day.month, day.day, tzinfo=tz) + timedelta(days=1)
-    return int(end.timestamp() * 1000)
+    return end_of_day_ms(day, tz)
 
 
 class Compiled:
@@ -89,7 +90,7 @@ class Compiled:
             **dict(s.get("supervision_at_grading") or {}),
         }
         self.centre_id = str(s["centre_id"])
-        self.tz = timezone(timedelta(hours=float(s["utc_offset_h"])))
+        self.tz = LOCAL_TZ
         self.rules_list = catalogue.rules
         self.rules: dict[str, Rule] = catalogue.by_id()
         self.variants: dict[str, Variant] = {}

@@ -14,7 +14,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from sesmon.registry import RATED_PARAMETERS
+from sesmon.contract.registry import RATED_PARAMETERS
 
 #: Registry columns a threshold may use (DESIGN.md §3 rated parameters, plus per-boiler limits).
 UNIT_ATTRS: tuple[str, ...] = tuple(RATED_PARAMETERS)

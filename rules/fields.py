@@ -1,6 +1,6 @@
 """The telemetry fields a rule may test, with their types, per kind of unit.
 
-Taken from the ingest schemas (``sesmon.schemas.ElevatorTelemetry`` / ``BoilerTelemetry``) so a
+Taken from the ingest schemas (``sesmon.contract.schemas.ElevatorTelemetry`` / ``BoilerTelemetry``) so a
 catalogue cannot name a field the pipeline never delivers (``sped_mps`` is an error, not a rule
 that silently never fires). :data:`PENDING_FIELDS` are fields the rules already use that the
 schemas do not declare yet (escalators, brake): ingest keeps unknown body fields, so they reach
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from sesmon.schemas import BoilerTelemetry, ElevatorTelemetry
+from sesmon.contract.schemas import BoilerTelemetry, ElevatorTelemetry
 
 FieldKind = Literal["bool", "number", "enum", "text"]
 
@@ -32,7 +32,7 @@ class FieldType:
         return f"one of {list(self.values)}" if self.kind == "enum" else f"a {self.kind}"
 
 
-#: Fields rules use that ``sesmon/schemas.py`` does not declare yet (elevator kind; escalators and
+#: Fields rules use that ``sesmon/contract/schemas.py`` does not declare yet (elevator kind; escalators and
 #: moving walks are elevator-kind units with type code 3310 / 3320).
 PENDING_FIELDS: dict[str, dict[str, FieldType]] = {
     "elevator": {

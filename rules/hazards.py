@@ -23,7 +23,7 @@ past its deadline is flagged ``overdue``.
 | ``return_to_service`` | back in use | inspector, once rectified / inspector, operator, firm |
 
 The role is that of the envelope's ``publisher`` (the MQTT username ingest verified; see
-``sesmon/identity.py``). On an open broker there is no publisher, and the report's ``by`` is read
+``sesmon/contract/identity.py``). On an open broker there is no publisher, and the report's ``by`` is read
 with the same naming convention (``inspector-{id}``, ``operator[-{id}]``, ``firm-{firm_id}``;
 anything else has no role and may only report ``rectified``) — trusted as stated, which is
 why a city deployment requires identities.
@@ -42,8 +42,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from sesmon.identity import principal_of
-from sesmon.schemas import hazard_device_id as hazard_device_id  # re-exported: the id format is a contract
+from sesmon.contract.identity import principal_of
+from sesmon.contract.schemas import (
+    hazard_device_id as hazard_device_id,  # re-exported: the id format is a contract
+)
 
 DAY_MS = 86_400_000
 GRADES = ("general", "suspected_major", "major")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sesmon.schemas import Alert, Receiver
+from sesmon.contract.schemas import Alert, Receiver
 
 from . import counting, flap, unit_hazards
 from .catalogue import Rule

@@ -330,7 +330,6 @@ class SettingsSpec(_Doc):
         Literal["general", "suspected_major", "major"], Literal["none", "district", "city", "province"]
     ] = Field(description="挂牌督办 level a hazard gets when it is graded (never raised by a calendar)")
     centre_id: str = Field(min_length=1)
-    utc_offset_h: Number
 
 
 class DerivedSpec(Basis):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sesmon.schemas import Alert
+from sesmon.contract.schemas import Alert
 
 from .hazards import Hazard
 from .state import UnitState

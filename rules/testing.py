@@ -8,8 +8,8 @@ from datetime import date
 from typing import Any
 
 from rules import Outcome, RuleEngine
-from sesmon.registry import Unit
-from sesmon.schemas import Alert
+from sesmon.contract.registry import Unit
+from sesmon.contract.schemas import Alert
 
 T0 = 1_790_000_000_000  # 2026-09-21, a fixed epoch for every test
 S = 1000
@@ -133,7 +133,6 @@ def minimal_catalogue(rules_yaml: str, version: str = "test.1", **settings: Any)
         "closed_hazard_retention_days": 90,
         "supervision_at_grading": {"general": "none", "suspected_major": "none", "major": "district"},
         "centre_id": "96333",
-        "utc_offset_h": 8,
     }
     values.update(settings)
     import json

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sesmon.schemas import EVENT_CODES, Kind
+from sesmon.contract.schemas import EVENT_CODES, Kind
 
 from .fields import DERIVED_TYPES, TELEMETRY_FIELDS, FieldType, fields_for
 from .model import Basis, CatalogueDoc, Citation, RuleSpec, SettingsSpec

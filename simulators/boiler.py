@@ -22,8 +22,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from sesmon.registry import Unit
-from simulators.common import Device, Msg, flue_loss_pct, local_hour, lognormal_s, steam_saturation_c
+from sesmon.contract.physics import indirect_efficiency_pct, saturation_temp_c
+from sesmon.contract.registry import Unit
+from sesmon.contract.time import local_hour
+from simulators.common import Device, Msg, lognormal_s
 
 FAULTS = ("low_water", "overpressure", "flame_failure", "gas_leak", "pump_fault", "fouling")
 
@@ -125,7 +127,7 @@ class Boiler(Device):
         }
         if self.steam:
             body["water_level_mm"] = round(self.level + r.gauss(0, 1.5), 1)
-            body["steam_temp_c"] = round(steam_saturation_c(self.p) + r.gauss(0, 0.3), 1)
+            body["steam_temp_c"] = round(saturation_temp_c(self.p) + r.gauss(0, 0.3), 1)
             body["steam_flow_tph"] = round(max(0.0, self.steam_flow), 2)
             body["feedwater_flow_tph"] = round(max(0.0, self.feed_flow), 2)
         else:
@@ -142,7 +144,7 @@ class Boiler(Device):
 
     def efficiency_pct(self) -> float:
         """Indirect efficiency: 100 − q2 (Siegert) − 1.5 % other losses (domain.md §2.5)."""
-        return 100.0 - flue_loss_pct(self.flue, self.o2) - 1.5
+        return indirect_efficiency_pct(self.flue, self.o2) or 0.0
 
     def occur(self, t: int, code: str, **detail: Any) -> None:
         if code not in self.active_events:

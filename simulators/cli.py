@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_fleet_generate(args: argparse.Namespace) -> int:
     from datetime import date
 
-    from sesmon.registry import write_registry
+    from sesmon.contract.registry import write_registry
     from simulators.fleet import generate_fleet
 
     today = date.fromisoformat(args.today) if args.today else None
@@ -126,16 +126,16 @@ def start_ms_from(text: str | None) -> int | None:
         return None
     from datetime import datetime
 
-    from simulators.common import CST
+    from sesmon.contract.time import LOCAL_TZ
 
     when = datetime.fromisoformat(text)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=CST)
+        when = when.replace(tzinfo=LOCAL_TZ)
     return int(when.timestamp() * 1000)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from sesmon.settings import get_settings
+    from sesmon.runtime.settings import get_settings
     from simulators.publisher import mqtt_endpoint, run_simulation
 
     settings = get_settings()

@@ -10,15 +10,15 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from sesmon.gbt24476 import MODE_CODE as MODE_CODE  # the service-mode code table (re-exported)
+from sesmon.contract.gbt24476 import MODE_CODE as MODE_CODE  # the service-mode code table (re-exported)
+from sesmon.contract.time import LOCAL_TZ
 
 TOPIC_ROOT = "sesmon/v1"
 #: a terminal's MQTT Last Will, retained on its status topic (DESIGN.md §2: the bare word)
 WILL_PAYLOAD = b"offline"
-CST = timezone(timedelta(hours=8))  # Guangzhou local time, used for daily usage profiles
 
 
 @dataclass(slots=True)
@@ -61,14 +61,9 @@ def device_topic(kind: str, device_id: str, leaf: str) -> str:
     return f"{TOPIC_ROOT}/{kind}/{device_id}/{leaf}"
 
 
-def iso_ms(ms: int, tz: timezone = CST) -> str:
+def iso_ms(ms: int, tz: tzinfo = LOCAL_TZ) -> str:
     """RFC 3339 with offset, as some terminals send it (millisecond precision)."""
     return datetime.fromtimestamp(ms / 1000, tz=tz).isoformat(timespec="milliseconds")
-
-
-def local_hour(ms: int) -> float:
-    """Hour of day in Guangzhou (UTC+8) as a float, for usage profiles."""
-    return ((ms / 3_600_000.0) + 8.0) % 24.0
 
 
 def utc_date(ms: int) -> str:
@@ -143,39 +138,3 @@ class Device:
     def lwt_offline(self, t: int) -> None:
         """What the broker publishes for a terminal whose connection died: the bare Will."""
         self.outbox.append(Msg(t, self.topic("status"), WILL_PAYLOAD, True, self.device_id, "status"))
-
-
-def steam_saturation_c(p_gauge_mpa: float) -> float:
-    """Saturation temperature (°C) at a gauge pressure: IAPWS-IF97 region-4 backward equation.
-
-    Closed form, so no iapws/CoolProp dependency; matches domain.md §2.2 (184 °C at 1.0 MPa g).
-    """
-    n = _IF97_N4
-    p = max(p_gauge_mpa + 0.101325, 0.000611213)
-    b = p**0.25
-    e = b * b + n[3] * b + n[6]
-    f = n[1] * b * b + n[4] * b + n[7]
-    g = n[2] * b * b + n[5] * b + n[8]
-    d = 2 * g / (-f - math.sqrt(f * f - 4 * e * g))
-    t_k = (n[10] + d - math.sqrt((n[10] + d) ** 2 - 4 * (n[9] + n[10] * d))) / 2
-    return t_k - 273.15
-
-
-_IF97_N4 = (
-    0.0,
-    0.11670521452767e4,
-    -0.72421316703206e6,
-    -0.17073846940092e2,
-    0.12020824702470e5,
-    -0.32325550322333e7,
-    0.14915108613530e2,
-    -0.48232657361591e4,
-    0.40511340542057e6,
-    -0.23855557567849,
-    0.65017534844798e3,
-)
-
-
-def flue_loss_pct(flue_c: float, o2_pct: float, air_c: float = 20.0) -> float:
-    """Siegert flue-gas loss q2 for natural gas (domain.md §2.5)."""
-    return max(0.0, (flue_c - air_c) * (0.66 / max(21.0 - o2_pct, 0.5) + 0.009))

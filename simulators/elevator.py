@@ -17,8 +17,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from sesmon.registry import Unit
-from simulators.common import Device, Msg, local_hour, lognormal_s
+from sesmon.contract.registry import Unit
+from sesmon.contract.time import local_hour
+from simulators.common import Device, Msg, lognormal_s
 
 # hourly usage weights (local time), mean about 1; residential peaks morning/evening
 _RESIDENTIAL = (

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sesmon.registry import Unit
-from sesmon.schemas import Kind
+from sesmon.contract.registry import Unit
+from sesmon.contract.schemas import Kind
 from simulators.boiler import Boiler
 from simulators.common import WILL_PAYLOAD, Msg, lognormal_s, unit_rng
 from simulators.elevator import Elevator

@@ -21,8 +21,8 @@ from __future__ import annotations
 import random
 from datetime import date, timedelta
 
-from sesmon.registry import DISTRICTS, Unit
-from sesmon.schemas import Kind
+from sesmon.contract.registry import DISTRICTS, Unit
+from sesmon.contract.schemas import Kind
 
 # district -> (lat, lon, share of the city's elevators, GB/T 2260 code)
 DISTRICT_INFO: dict[str, tuple[float, float, float, str]] = {

@@ -12,7 +12,7 @@
   inspector's check a few days later (verified, or now and then reopened and done again);
 - rare accidents, as reports.
 
-Each message names who sends it (``Msg.sender``, sesmon.identity): the unit's maintenance
+Each message names who sends it (``Msg.sender``, sesmon.contract.identity): the unit's maintenance
 firm (``firm-{firm_id}``) for maintenance, rectification and its own dispatch actions, the
 96333 centre as ``operator``, the inspector (``inspector-1``) for inspections, accidents and
 hazard checks. On a secure broker the publisher sends each under that account, on the
@@ -26,8 +26,8 @@ import random
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sesmon.broker_auth import INSPECTOR, OPERATOR
-from sesmon.identity import firm_username
+from sesmon.contract.identity import firm_username
+from sesmon.runtime.broker_auth import INSPECTOR, OPERATOR
 from simulators.common import TOPIC_ROOT, Msg, lognormal_s, utc_date
 from simulators.elevator import Elevator
 
@@ -177,7 +177,7 @@ class Humans:
                     "serious_injuries": injuries,
                     "description": f"simulated {kind} accident",
                 },
-                INSPECTOR,  # an accident is reported by the inspectorate (sesmon.identity)
+                INSPECTOR,  # an accident is reported by the inspectorate (sesmon.contract.identity)
             )
             self._schedule_accident(kind, ids, per_year, tt)
 

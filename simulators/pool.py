@@ -39,10 +39,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from sesmon.broker_auth import INSPECTOR, OPERATOR, read_credentials_csv
-from sesmon.identity import firm_username
-from sesmon.mqtt import make_client
-from sesmon.settings import MqttEndpoint, Settings
+from sesmon.contract.identity import firm_username
+from sesmon.runtime.broker_auth import INSPECTOR, OPERATOR, read_credentials_csv
+from sesmon.runtime.mqtt import make_client
+from sesmon.runtime.settings import MqttEndpoint, Settings
 from simulators.common import TOPIC_ROOT, WILL_PAYLOAD, Msg
 
 log = logging.getLogger("sesmon.simulate")
@@ -54,7 +54,7 @@ MISC_EVERY_S = 1.0
 SEVER_SETTLE_S = 1.0
 #: reconnect backoff after a lost connection: full jitter, doubling up to the cap
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.5, 30.0
-#: identity topics (sesmon.identity): people's reports and dispatch actions end with the username
+#: identity topics (sesmon.contract.identity): people's reports and dispatch actions end with the username
 IDENTITY_LEAVES = ("report", "dispatch")
 
 _PUB, _SEVER, _CONNECT, _STOP = range(4)

@@ -10,10 +10,10 @@ Two transports:
 - a secure broker (``credentials``: the ``credentials.csv`` of ``sesmon mqtt credentials``):
   one connection per account (:class:`simulators.pool.AccountPool`): each device logs in
   as itself with its own real Will, people as their firm, the inspector or the operator,
-  on the identity topics of ``sesmon.identity``.
+  on the identity topics of ``sesmon.contract.identity``.
 
 The broker URL keeps TLS and credentials (``mqtts://user:pass@host``): clients are made by
-``sesmon.mqtt.make_client``.
+``sesmon.runtime.mqtt.make_client``.
 - paho trap (stack.md): at QoS 1 more than 65,535 un-acked publishes reuse message ids
   and paho drops messages. We bound un-acked publishes (``max_unacked``, default 20,000),
   check the rc of every publish and retry on ``MQTT_ERR_QUEUE_SIZE``; failures are counted.
@@ -34,8 +34,8 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from sesmon.mqtt import make_client
-from sesmon.settings import MqttEndpoint, Settings, get_settings
+from sesmon.runtime.mqtt import make_client
+from sesmon.runtime.settings import MqttEndpoint, Settings, get_settings
 from simulators.common import TOPIC_ROOT, Msg, iso_ms
 from simulators.engine import FleetSim, SimOptions
 from simulators.network import NetworkOptions
@@ -434,7 +434,7 @@ def build_sim(
         return scen.build(registry_path, start_ms=start_ms, seed=seed, time_scale=time_scale)
     if registry_path is None:
         raise ValueError("a registry file or a scenario is needed")
-    from sesmon.registry import Registry
+    from sesmon.contract.registry import Registry
 
     registry = Registry.load(registry_path)
     options = SimOptions(

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from sesmon.registry import Registry, Unit
-from sesmon.schemas import Kind
+from sesmon.contract.registry import Registry, Unit
+from sesmon.contract.schemas import Kind
 from simulators.common import Msg
 from simulators.engine import FleetSim, SimOptions
 from simulators.network import NetworkOptions

@@ -33,7 +33,7 @@ import orjson
 
 from metrics.inputs import parse_alert_id
 from metrics.kpi import SafetyKpi
-from sesmon.schemas import TELEMETRY_MODELS
+from sesmon.contract.schemas import TELEMETRY_MODELS
 from store.lineproto import encode
 
 #: the Kafka streams the sink stores

@@ -14,7 +14,7 @@ in InfluxDB or in the spool (batches in memory are not durable: a crash re-reads
 point written twice is the same series and time with the same values, which InfluxDB
 stores once. On a clean stop the memory batches are spooled, so nothing is read again.
 
-Retries follow ``sesmon.retry`` (backoff with jitter, ends when the stage stops). Points
+Retries follow ``sesmon.runtime.retry`` (backoff with jitter, ends when the stage stops). Points
 InfluxDB refuses as invalid (HTTP 400/422: a field type conflict) cannot succeed on a retry:
 they are counted, logged and kept under ``<data dir>/store/rejected/`` for inspection.
 """
@@ -33,11 +33,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from sesmon.health import Health, fatal
-from sesmon.kafka import ensure_topics, make_consumer, make_producer, stats_record
-from sesmon.registry import Registry
-from sesmon.retry import Stopping, call_with_retry
-from sesmon.settings import Settings
+from sesmon.contract.registry import Registry
+from sesmon.runtime.health import Health, fatal
+from sesmon.runtime.kafka import ensure_topics, make_consumer, make_producer, stats_record
+from sesmon.runtime.retry import Stopping, call_with_retry
+from sesmon.runtime.settings import Settings
 from store.points import STORED_STREAMS, BadRecord, PointMaker
 from store.spool import Spool, SpoolFile
 from store.wire import InfluxUnavailable, InfluxWriter, WriteRejected
@@ -256,7 +256,7 @@ class PointSink:
             return self.current
 
     def _write_next(self) -> None:
-        """One attempt at the next batch (retried under ``sesmon.retry`` while InfluxDB is away).
+        """One attempt at the next batch (retried under ``sesmon.runtime.retry`` while InfluxDB is away).
 
         A memory batch that fails goes to the spool at once, and while InfluxDB stays away the
         whole memory is spilled there before each attempt: spooled points are durable, so the

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlencode
 
 import urllib3
 
-from sesmon.settings import Settings
+from sesmon.runtime.settings import Settings
 
 log = logging.getLogger("sesmon.store")
 
@@ -138,7 +138,7 @@ class V2Wire:
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.org, self.bucket = org, bucket
-        # retries=False: the sink's own policy (sesmon.retry) decides when to try again
+        # retries=False: the sink's own policy (sesmon.runtime.retry) decides when to try again
         self.client = InfluxDBClient(url=url, token=token or "", org=org, timeout=20_000, retries=False)
         self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
 

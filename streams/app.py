@@ -13,7 +13,7 @@ no Faust import. Settings below answer the traps measured in stack.md:
   reading yields the same alert id and the alerts stage drops the repeat.
 - the web server is off (it binds 0.0.0.0:6066 by default, and two workers would clash).
 
-Health (``sesmon.health``): a Faust consumer can stall without a word (stack.md), so a probe
+Health (``sesmon.runtime.health``): a Faust consumer can stall without a word (stack.md), so a probe
 thread of our own asks Kafka, outside Faust, how far the input partitions go; records waiting
 while no batch completes is reported as ``stalled`` (and, for long, ends the process so its
 supervisor restarts it). Losing every broker also ends it: a broker that comes back empty
@@ -37,10 +37,10 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from faust.streams import _current_event  # see evaluate(): RocksDB needs it set
 
 from rules import RuleEngine
-from sesmon.health import Health, fatal
-from sesmon.kafka import client_config, dumps, ensure_topics, loads, stats_record
-from sesmon.registry import Registry
-from sesmon.settings import Settings
+from sesmon.contract.registry import Registry
+from sesmon.runtime.health import Health, fatal
+from sesmon.runtime.kafka import client_config, dumps, ensure_topics, loads, stats_record
+from sesmon.runtime.settings import Settings
 
 log = logging.getLogger("sesmon.streams")
 

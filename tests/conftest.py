@@ -17,10 +17,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from sesmon.kafka import make_reader
-from sesmon.registry import Registry, write_registry
-from sesmon.services import ManagedProcess, start_kafka, start_mqtt
-from sesmon.settings import Settings
+from sesmon.contract.registry import Registry, write_registry
+from sesmon.runtime.kafka import make_reader
+from sesmon.runtime.services import ManagedProcess, start_kafka, start_mqtt
+from sesmon.runtime.settings import Settings
 from simulators.fleet import generate_fleet
 
 GUANGZHOU = timezone(timedelta(hours=8))

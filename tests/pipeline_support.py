@@ -12,10 +12,10 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from sesmon.demo import Stage, wait_for_ingest
-from sesmon.kafka import ensure_topics
-from sesmon.registry import Registry
-from sesmon.settings import Settings
+from sesmon.app.demo import Stage, wait_for_ingest
+from sesmon.contract.registry import Registry
+from sesmon.runtime.kafka import ensure_topics
+from sesmon.runtime.settings import Settings
 
 
 class AlertInbox:

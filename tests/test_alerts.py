@@ -17,11 +17,11 @@ from confluent_kafka.admin import AdminClient
 
 from alerts.publisher import AlertPublisher, DeliveryLog, receivers_for
 from alerts.routing import BadRecord, route_alert, route_hazard
-from sesmon.kafka import ensure_topics, make_producer
-from sesmon.retry import call_with_retry
-from sesmon.schemas import Alert, Level
-from sesmon.services import ManagedProcess, ServiceError, free_port, mosquitto_path, start_kafka
-from sesmon.settings import Settings
+from sesmon.contract.schemas import Alert, Level
+from sesmon.runtime.kafka import ensure_topics, make_producer
+from sesmon.runtime.retry import call_with_retry
+from sesmon.runtime.services import ManagedProcess, ServiceError, free_port, mosquitto_path, start_kafka
+from sesmon.runtime.settings import Settings
 from tests.test_alerts_crash import PageInbox
 
 

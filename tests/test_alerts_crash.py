@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from sesmon.demo import Stage
-from sesmon.kafka import ensure_topics, make_producer
-from sesmon.schemas import Alert, Level
-from sesmon.settings import Settings
+from sesmon.app.demo import Stage
+from sesmon.contract.schemas import Alert, Level
+from sesmon.runtime.kafka import ensure_topics, make_producer
+from sesmon.runtime.settings import Settings
 
 KILLS = 5
 PAGES_BETWEEN_KILLS = 400  # each run delivers this many more pages before it is killed
@@ -130,7 +130,7 @@ def produce_alerts(settings: Settings, alerts: list[Alert]) -> None:
 
 
 def alerts_stage(settings: Settings, log_path: Path) -> Stage:
-    """``python -m sesmon.cli alerts`` pointed at the test's servers and topics."""
+    """``python -m sesmon.app.cli alerts`` pointed at the test's servers and topics."""
     env = {
         "SESMON_MQTT_URL": settings.mqtt_url or "",
         "SESMON_KAFKA_URL": settings.kafka_url or "",

@@ -6,7 +6,7 @@ import time
 
 from rich.console import Console
 
-from sesmon.board import BoardState, render
+from sesmon.app.board import BoardState, render
 
 
 def test_rates_use_the_stages_clock_and_alerts_fold() -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from sesmon.registry import Unit, write_registry
-from sesmon.services import free_port
-from sesmon.settings import Settings
+from sesmon.contract.registry import Unit, write_registry
+from sesmon.runtime.services import free_port
+from sesmon.runtime.settings import Settings
 from simulators.fleet import generate_fleet
 from tests.pipeline_support import AlertInbox
 
@@ -45,7 +45,7 @@ def stage_pid(marker: str, stage: str) -> int | None:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"sesmon.cli" in argv and stage.encode() in argv:
+        if b"sesmon.app.cli" in argv and stage.encode() in argv:
             return pid
     return None
 
@@ -57,7 +57,7 @@ class Demo:
         self.state_dir = tmp_path / "state"
         env = {**os.environ, "SESMON_DATA_DIR": str(self.state_dir), "COLUMNS": "400"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sesmon.cli", "demo", *args],
+            [sys.executable, "-m", "sesmon.app.cli", "demo", *args],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,

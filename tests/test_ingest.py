@@ -15,12 +15,12 @@ import orjson
 import pytest
 
 from ingest.bridge import IngestBridge
-from sesmon.demo import wait_for_ingest
-from sesmon.health import FATAL_EXIT
-from sesmon.kafka import ensure_topics
-from sesmon.registry import Registry
-from sesmon.services import ManagedProcess, ServiceError, start_kafka, wait_for_port
-from sesmon.settings import Settings
+from sesmon.app.demo import wait_for_ingest
+from sesmon.contract.registry import Registry
+from sesmon.runtime.health import FATAL_EXIT
+from sesmon.runtime.kafka import ensure_topics
+from sesmon.runtime.services import ManagedProcess, ServiceError, start_kafka, wait_for_port
+from sesmon.runtime.settings import Settings
 from tests.conftest import drain, mqtt_client, publish_all, reading
 from tests.pipeline_support import stage_env
 
@@ -160,7 +160,7 @@ def test_ingest_partitions_keys_like_faust(settings: Settings) -> None:
     """A unit's readings (librdkafka) and the worker's own ticks (aiokafka) must share a partition."""
     from aiokafka.partitioner import DefaultPartitioner
 
-    from sesmon.kafka import ensure_topics, make_producer
+    from sesmon.runtime.kafka import ensure_topics, make_producer
 
     settings = settings.model_copy(update={"kafka_partitions": 4})
     ensure_topics(settings, ["status"])
@@ -293,7 +293,7 @@ def test_kafka_losing_its_state_ends_ingest_with_status_70(
     try:
         with stderr_path.open("wb") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sesmon.cli", "ingest"],
+                [sys.executable, "-m", "sesmon.app.cli", "ingest"],
                 env={**os.environ, **stage_env(own, fleet_registry)},
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,

@@ -11,8 +11,8 @@ import pytest
 
 from bench.fuzz_ingest import OUTPUT_STREAMS, FuzzInputs, units_of
 from ingest.bridge import IngestBridge
-from sesmon.registry import Registry
-from sesmon.settings import Settings
+from sesmon.contract.registry import Registry
+from sesmon.runtime.settings import Settings
 from tests.conftest import drain, mqtt_client
 
 COUNT = 5_000

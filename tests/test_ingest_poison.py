@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from ingest.bridge import TOPIC_HEADER_MAX, IngestBridge
-from sesmon.registry import Registry
-from sesmon.schemas import Kind
-from sesmon.services import start_kafka
-from sesmon.settings import Settings
+from sesmon.contract.registry import Registry
+from sesmon.contract.schemas import Kind
+from sesmon.runtime.services import start_kafka
+from sesmon.runtime.settings import Settings
 from tests.conftest import drain, mqtt_client, publish_all, reading
 
 NOW = 1_795_299_000_000  # fixed device time (2026-11-22): nothing here depends on the clock
@@ -210,7 +210,7 @@ def test_full_local_queue_waits_in_the_paho_thread_and_honours_shutdown(
 ) -> None:
     """Kafka away and librdkafka's queue full: the paho thread waits (no spin in a delivery callback),
     the poll thread keeps running, a crash ends the wait at once, and a later bridge delivers all."""
-    from sesmon.services import free_port
+    from sesmon.runtime.services import free_port
 
     port = free_port()
     away = settings.model_copy(update={"kafka_url": f"127.0.0.1:{port}"})
@@ -248,7 +248,7 @@ def test_failed_deliveries_are_retried_from_the_poll_thread(
 ) -> None:
     """Deliveries that time out (Kafka not there yet) go to the retry queue, not back into produce()
     inside the callback; once Kafka is up they are delivered and acked, none lost."""
-    from sesmon.services import free_port
+    from sesmon.runtime.services import free_port
 
     port = free_port()
     away = settings.model_copy(update={"kafka_url": f"127.0.0.1:{port}"})

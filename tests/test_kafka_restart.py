@@ -1,6 +1,6 @@
 """Restart the Kafka broker under load: the pipeline recovers by itself and alerts flow again.
 
-The real pipeline (ingest, worker, alerts as child processes under ``sesmon.supervisor``)
+The real pipeline (ingest, worker, alerts as child processes under ``sesmon.runtime.supervisor``)
 runs on its own Tansu, which is stopped and started again on the same port while readings
 keep coming. Tansu keeps nothing (stack.md K7): every topic, offset and changelog is gone, so
 this is the worst restart a broker can do. Trapped events sent after the restart must still
@@ -22,13 +22,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from sesmon.board import BoardFeed
-from sesmon.demo import wait_for_ingest
-from sesmon.kafka import ensure_topics
-from sesmon.registry import Registry, Unit, write_registry
-from sesmon.services import ManagedProcess, ServiceError, start_kafka, wait_for_port
-from sesmon.settings import Settings
-from sesmon.supervisor import Supervisor
+from sesmon.app.board import BoardFeed
+from sesmon.app.demo import wait_for_ingest
+from sesmon.contract.registry import Registry, Unit, write_registry
+from sesmon.runtime.kafka import ensure_topics
+from sesmon.runtime.services import ManagedProcess, ServiceError, start_kafka, wait_for_port
+from sesmon.runtime.settings import Settings
+from sesmon.runtime.supervisor import Supervisor
 from simulators.fleet import generate_fleet
 from tests.conftest import clock_date
 from tests.pipeline_support import AlertInbox, stage_env

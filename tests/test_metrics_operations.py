@@ -30,7 +30,7 @@ from metrics import (
 )
 from metrics.inputs import parse_alert_id
 from rules.hazards import new_hazard, transition
-from sesmon.registry import Unit
+from sesmon.contract.registry import Unit
 
 GZ = timezone(timedelta(hours=8))
 MIN = 60_000

@@ -27,7 +27,7 @@ from metrics import (
 from metrics.safety import episodes
 from metrics.scope import all_scopes, count_in_use
 from metrics.windows import DAY_MS, kpi_windows
-from sesmon.registry import Unit
+from sesmon.contract.registry import Unit
 
 GZ = timezone(timedelta(hours=8))
 
@@ -177,7 +177,7 @@ def test_accident_from_report_body() -> None:
         "description": "x",
     }
     assert Accident.from_report(body) == Accident("R1", "E01", 1_750_000_000_000, 1, 0, "general")
-    from sesmon.schemas import AccidentReport
+    from sesmon.contract.schemas import AccidentReport
 
     assert Accident.from_report(AccidentReport.model_validate(body)) == Accident.from_report(body)
 

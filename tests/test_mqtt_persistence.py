@@ -14,9 +14,9 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from ingest.bridge import IngestBridge
-from sesmon.registry import Registry
-from sesmon.services import ManagedProcess, start_mqtt
-from sesmon.settings import Settings
+from sesmon.contract.registry import Registry
+from sesmon.runtime.services import ManagedProcess, start_mqtt
+from sesmon.runtime.settings import Settings
 from tests.conftest import drain, reading
 
 N = 20_000

@@ -16,9 +16,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from sesmon.broker_auth import BrokerCredentials, mosquitto_hash, verify_hash, write_credentials
-from sesmon.registry import Registry, write_registry
-from sesmon.services import ManagedProcess, start_mqtt
+from sesmon.contract.registry import Registry, write_registry
+from sesmon.runtime.broker_auth import BrokerCredentials, mosquitto_hash, verify_hash, write_credentials
+from sesmon.runtime.services import ManagedProcess, start_mqtt
 from simulators.fleet import generate_fleet
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from sesmon.registry import Registry, Unit
-from sesmon.settings import Settings
+from sesmon.contract.registry import Registry, Unit
+from sesmon.runtime.settings import Settings
 from tests.conftest import clock_date, drain, mqtt_client, publish_all, reading
 from tests.pipeline_support import AlertInbox
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sesmon.registry import COLUMNS, Registry, RegistryError, write_registry
-from sesmon.schemas import Kind
+from sesmon.contract.registry import COLUMNS, Registry, RegistryError, write_registry
+from sesmon.contract.schemas import Kind
 from simulators.fleet import generate_fleet
 
 

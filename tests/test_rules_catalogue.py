@@ -14,7 +14,7 @@ import pytest
 
 from rules import RuleEngine
 from rules.testing import T0, Run, boiler, elevator, event, report, tele
-from sesmon.schemas import ALERT_ID_RE
+from sesmon.contract.schemas import ALERT_ID_RE
 
 DAY = 86_400
 E, B = "elevator", "boiler"

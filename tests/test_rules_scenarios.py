@@ -189,7 +189,7 @@ import simulators.scenario as sim  # noqa: E402
 
 
 def _through_engine(engine: RuleEngine, msgs: list[Any], units: list[Any]) -> tuple[list[Any], Counter[str]]:
-    from sesmon.schemas import BadInput, parse_mqtt
+    from sesmon.contract.schemas import BadInput, parse_mqtt
 
     by_id = {u.device_id: u for u in units}
     states: dict[str, Any] = {}

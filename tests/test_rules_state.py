@@ -13,7 +13,7 @@ import pytest
 from rules import RuleEngine
 from rules.state import AlertEntry, CondEntry, UnitState, load
 from rules.testing import T0, Run, boiler, elevator, event, status, tele
-from sesmon.registry import Unit
+from sesmon.contract.registry import Unit
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "rules_state_v1.json").read_text(encoding="utf-8"))
 CASES = {c["name"]: c for c in FIXTURE["cases"]}

@@ -20,7 +20,7 @@ from rules import CatalogueError, RuleEngine
 from rules.catalogue import DEFAULT_CATALOGUE
 from rules.cli import SCHEMA_FILE, schema_text
 from rules.cli import main as rules_main
-from sesmon.cli import main as sesmon_main
+from sesmon.app.cli import main as sesmon_main
 
 SHIPPED: dict[str, Any] = yaml.safe_load(DEFAULT_CATALOGUE.read_text(encoding="utf-8"))
 

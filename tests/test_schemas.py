@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sesmon.schemas import BadInput, Kind, parse_mqtt, to_epoch_ms
+from sesmon.contract.schemas import BadInput, Kind, parse_mqtt, to_epoch_ms
 
 NOW = 1_795_300_000_000
 TS = 1_795_299_000_000
@@ -181,7 +181,7 @@ def test_unknown_device_in_report_rejected() -> None:
     ],
 )
 def test_json_depth_is_judged_on_the_bytes(payload: bytes, deeper_than_3: bool) -> None:
-    from sesmon.schemas import json_depth_exceeds
+    from sesmon.contract.schemas import json_depth_exceeds
 
     assert json_depth_exceeds(payload, 3) is deeper_than_3
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from sesmon.registry import Registry, write_registry
-from sesmon.services import EmbeddedServices, start_influxdb, start_mqtt, wait_for_port
+from sesmon.contract.registry import Registry, write_registry
+from sesmon.runtime.services import EmbeddedServices, start_influxdb, start_mqtt, wait_for_port
 from simulators.fleet import generate_fleet
 
 
@@ -54,7 +54,7 @@ def test_amqtt_fallback_carries_qos1(tmp_path: Path) -> None:
 def test_embedded_services_start_a_secure_mqtt_broker(tmp_path: Path) -> None:
     """``EmbeddedServices(secure=credentials)`` (``sesmon demo --secure``): anonymous is refused,
     a stage with its own credentials gets in."""
-    from sesmon.broker_auth import write_credentials  # written in parallel with this test
+    from sesmon.runtime.broker_auth import write_credentials  # written in parallel with this test
 
     write_registry(generate_fleet(5, 1, seed=2), tmp_path / "fleet.csv")
     credentials = write_credentials(Registry.load(tmp_path / "fleet.csv"), tmp_path / "mqtt")

@@ -6,8 +6,8 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
-from sesmon.registry import DISTRICTS, Registry
-from sesmon.schemas import Kind
+from sesmon.contract.registry import DISTRICTS, Registry
+from sesmon.contract.schemas import Kind
 from simulators.cli import main as sim_main
 from simulators.fleet import (
     elevator_inspection_dates,
@@ -79,7 +79,7 @@ def test_same_seed_same_fleet_and_cli_writes_registry(tmp_path: Path) -> None:
 
 
 def test_sesmon_cli_registers_fleet_and_simulate(tmp_path: Path) -> None:
-    from sesmon.cli import build_parser
+    from sesmon.app.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(

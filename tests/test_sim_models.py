@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from sesmon.schemas import parse_mqtt
-from simulators.common import MODE_CODE, Msg, steam_saturation_c
+from sesmon.contract.physics import saturation_temp_c as steam_saturation_c
+from sesmon.contract.schemas import parse_mqtt
+from simulators.common import MODE_CODE, Msg
 from simulators.engine import FleetSim, SimOptions
 from simulators.fleet import generate_fleet
 from simulators.network import NetworkOptions

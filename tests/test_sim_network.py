@@ -7,7 +7,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from sesmon.schemas import BadInput, parse_mqtt
+from sesmon.contract.schemas import BadInput, parse_mqtt
 from simulators.engine import FleetSim, SimOptions
 from simulators.fleet import generate_fleet
 from simulators.network import NetworkOptions

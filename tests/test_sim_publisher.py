@@ -19,8 +19,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sesmon.registry import write_registry
-from sesmon.schemas import parse_mqtt
+from sesmon.contract.registry import write_registry
+from sesmon.contract.schemas import parse_mqtt
 from simulators.engine import FleetSim, SimOptions
 from simulators.fleet import generate_fleet
 from simulators.publisher import FleetPublisher, build_sim, run_simulation

@@ -7,8 +7,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sesmon.schemas import parse_mqtt
-from simulators.common import flue_loss_pct
+from sesmon.contract.physics import flue_gas_loss_pct
+from sesmon.contract.schemas import parse_mqtt
 from simulators.engine import DEMO_SEQUENCE, FleetSim, SimOptions
 from simulators.fleet import generate_fleet
 from simulators.scenario import load_scenario, render_scenario, scenario_files, seconds
@@ -86,8 +86,8 @@ def test_fouling_raises_flue_gas_and_lowers_efficiency() -> None:
 
     rise = mean([b["flue_gas_temp_c"] for b in late]) - mean([b["flue_gas_temp_c"] for b in early])  # type: ignore[index]
     assert 20 < rise < 35  # ≈ 1 K/day over 27 days
-    eff_early = mean([100 - flue_loss_pct(b["flue_gas_temp_c"], b["o2_pct"]) for b in early])  # type: ignore[index]
-    eff_late = mean([100 - flue_loss_pct(b["flue_gas_temp_c"], b["o2_pct"]) for b in late])  # type: ignore[index]
+    eff_early = mean([100 - (flue_gas_loss_pct(b["flue_gas_temp_c"], b["o2_pct"]) or 0.0) for b in early])  # type: ignore[index]
+    eff_late = mean([100 - (flue_gas_loss_pct(b["flue_gas_temp_c"], b["o2_pct"]) or 0.0) for b in late])  # type: ignore[index]
     assert eff_early - eff_late > 1.0
 
 

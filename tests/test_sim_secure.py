@@ -18,11 +18,11 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from sesmon.broker_auth import INSPECTOR, BrokerCredentials, write_credentials
-from sesmon.identity import firm_username
-from sesmon.registry import Registry, write_registry
-from sesmon.services import ManagedProcess, start_mqtt
-from sesmon.settings import MqttEndpoint, Settings
+from sesmon.contract.identity import firm_username
+from sesmon.contract.registry import Registry, write_registry
+from sesmon.runtime.broker_auth import INSPECTOR, BrokerCredentials, write_credentials
+from sesmon.runtime.services import ManagedProcess, start_mqtt
+from sesmon.runtime.settings import MqttEndpoint, Settings
 from simulators.common import Msg
 from simulators.fleet import generate_fleet
 from simulators.pool import AccountPool, PoolError

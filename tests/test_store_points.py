@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
 from metrics import CITY, Scope, safety_kpi, trailing_365d
-from sesmon.registry import Unit
-from sesmon.schemas import parse_mqtt
+from sesmon.contract.registry import Unit
+from sesmon.contract.schemas import parse_mqtt
 from store.lineproto import encode, to_point
 from store.points import BadRecord, PointMaker, kpi_line
 

@@ -24,11 +24,11 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from sesmon.demo import Stage
-from sesmon.kafka import client_config, ensure_topics, make_producer, make_reader
-from sesmon.registry import Registry, write_registry
-from sesmon.services import ManagedProcess, start_influxdb
-from sesmon.settings import Settings
+from sesmon.app.demo import Stage
+from sesmon.contract.registry import Registry, write_registry
+from sesmon.runtime.kafka import client_config, ensure_topics, make_producer, make_reader
+from sesmon.runtime.services import ManagedProcess, start_influxdb
+from sesmon.runtime.settings import Settings
 from simulators.fleet import generate_fleet
 from store.sink import StoreStage
 from store.wire import query

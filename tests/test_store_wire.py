@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from sesmon.services import ManagedProcess, free_port, start_influxdb
-from sesmon.settings import Settings
+from sesmon.runtime.services import ManagedProcess, free_port, start_influxdb
+from sesmon.runtime.settings import Settings
 from store.wire import InfluxUnavailable, InfluxWriter, V1Wire, WriteRejected, api_for_version, query
 
 BODY = (

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from sesmon.demo import Stage
-from sesmon.registry import Registry
-from sesmon.settings import Settings
+from sesmon.app.demo import Stage
+from sesmon.contract.registry import Registry
+from sesmon.runtime.settings import Settings
 from tests.conftest import drain, mqtt_client, publish_all, reading
 from tests.pipeline_support import AlertInbox, stage_env, start_stages, stop_stages
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from sesmon.board import BoardFeed
-from sesmon.demo import Stage
-from sesmon.kafka import ensure_topics, loads, make_reader
-from sesmon.registry import COLUMNS, Registry, write_registry
-from sesmon.settings import Settings
-from sesmon.supervisor import RestartPolicy, StageEvent, Supervisor
+from sesmon.app.board import BoardFeed
+from sesmon.app.demo import Stage
+from sesmon.contract.registry import COLUMNS, Registry, write_registry
+from sesmon.runtime.kafka import ensure_topics, loads, make_reader
+from sesmon.runtime.settings import Settings
+from sesmon.runtime.supervisor import RestartPolicy, StageEvent, Supervisor
 from simulators.fleet import generate_fleet
 from tests.pipeline_support import stage_env
 

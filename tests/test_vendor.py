@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from ingest.vendor import LIST_A, LIST_B, LIST_C, VendorError, canonical_to_vendor, vendor_to_canonical
-from sesmon.schemas import parse_mqtt
+from sesmon.contract.schemas import parse_mqtt
 from simulators.engine import FleetSim, SimOptions
 from simulators.fleet import generate_fleet
 

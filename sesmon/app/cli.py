@@ -7,8 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from sesmon.registry import Registry, RegistryError
-from sesmon.settings import Settings
+from sesmon.contract.registry import Registry, RegistryError
+from sesmon.runtime.settings import Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -25,7 +25,7 @@ def _registry(settings: Settings) -> Registry | None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sesmon.demo import run_demo
+    from sesmon.app.demo import run_demo
 
     summary = run_demo(
         duration=args.duration,
@@ -77,7 +77,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 def cmd_board(args: argparse.Namespace) -> int:
     from rich.live import Live
 
-    from sesmon.board import BoardFeed
+    from sesmon.app.board import BoardFeed
 
     feed = BoardFeed(_settings(args))
     try:
@@ -92,7 +92,7 @@ def cmd_board(args: argparse.Namespace) -> int:
 
 
 def cmd_mqtt_credentials(args: argparse.Namespace) -> int:
-    from sesmon.broker_auth import write_credentials
+    from sesmon.runtime.broker_auth import write_credentials
 
     creds = write_credentials(Registry.load(args.registry), args.out)
     roles: dict[str, int] = {}

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-log = logging.getLogger("sesmon.health")
+log = logging.getLogger("sesmon.runtime.health")
 
 #: exit status of a stage that ended itself on a fatal error (EX_SOFTWARE)
 FATAL_EXIT = 70

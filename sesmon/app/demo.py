@@ -1,14 +1,14 @@
 """``sesmon demo``: embedded brokers, every stage as its own process, a simulated fleet, a board.
 
 Each stage runs as a child process exactly as in production (``sesmon ingest`` …), so the
-demo exercises the real wiring. A supervisor (``sesmon.supervisor``) restarts any stage that
+demo exercises the real wiring. A supervisor (``sesmon.runtime.supervisor``) restarts any stage that
 exits, with backoff, and the board shows each stage's health and restarts: a stage that dies
 is news on the board, not the end of the demo. Children run in their own sessions and are
 stopped in order (fleet first, brokers last) on Ctrl-C, SIGTERM, or the end of
 ``--duration``; a child that ignores SIGTERM is killed, so nothing is left behind.
 
 ``--secure`` runs the embedded MQTT broker with a password per device and per stage and an
-ACL (``sesmon.broker_auth``); the credentials are written under ``<state dir>/mqtt/`` and
+ACL (``sesmon.runtime.broker_auth``); the credentials are written under ``<state dir>/mqtt/`` and
 never printed.
 """
 
@@ -29,16 +29,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
-from sesmon.board import BoardFeed
-from sesmon.kafka import ensure_topics, loads, make_reader
-from sesmon.registry import Registry, write_registry
-from sesmon.services import ChildProcess, EmbeddedServices
-from sesmon.settings import Settings
-from sesmon.supervisor import StageEvent, Supervisor
+from sesmon.app.board import BoardFeed
+from sesmon.contract.registry import Registry, write_registry
+from sesmon.runtime.kafka import ensure_topics, loads, make_reader
+from sesmon.runtime.services import ChildProcess, EmbeddedServices
+from sesmon.runtime.settings import Settings
+from sesmon.runtime.supervisor import StageEvent, Supervisor
 
 #: terminal escape sequences and control characters in a stage's log: never replayed to the console
 ANSI_OR_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
-#: MQTT usernames of the stages on a secure broker (sesmon.identity)
+#: MQTT usernames of the stages on a secure broker (sesmon.contract.identity)
 INGEST_USER, ALERTS_USER = "sesmon-ingest", "sesmon-alerts"
 
 
@@ -46,7 +46,7 @@ class Stage(ChildProcess):
     """A ``sesmon <stage>`` child process, exactly as production runs it (tests use it alone)."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        super().__init__(name, [sys.executable, "-m", "sesmon.cli", *argv], log_path, env)
+        super().__init__(name, [sys.executable, "-m", "sesmon.app.cli", *argv], log_path, env)
 
     def start(self) -> Stage:
         self.spawn()
@@ -120,7 +120,7 @@ def run_demo(
     logs = data_dir / "logs"
     credentials: Any = None
     if secure:
-        from sesmon.broker_auth import write_credentials
+        from sesmon.runtime.broker_auth import write_credentials
 
         credentials = write_credentials(Registry.load(registry_path), data_dir / "mqtt")
     services = EmbeddedServices(data_dir / "servers", mqtt_port=mqtt_port, secure=credentials)
@@ -160,7 +160,7 @@ def run_demo(
         )
         # its news reaches the console as event lines (above the live board, which a log
         # handler writing to the terminal would tear); the details go to logs/supervisor.log
-        supervisor_log = logging.getLogger("sesmon.supervisor")
+        supervisor_log = logging.getLogger("sesmon.runtime.supervisor")
         supervisor_log.propagate = False
         supervisor_log.addHandler(logging.NullHandler())  # not even logging's last resort
         supervisor = Supervisor(settings, log_path=logs / "supervisor.log", on_event=events.append)

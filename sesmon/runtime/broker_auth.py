@@ -2,7 +2,7 @@
 
 Why: an open broker let any client publish as any device, publish fake alerts, or take over
 the ingest bridge's persistent session. ``sesmon mqtt credentials`` gives every device, firm,
-inspector, operator and stage its own account (usernames and roles: ``sesmon/identity.py``),
+inspector, operator and stage its own account (usernames and roles: ``sesmon/contract/identity.py``),
 and an ACL that lets each write only its own topics. Mosquitto runs with
 ``use_username_as_clientid true``, so a client id is its username and nobody can take over
 another account's session without its password.
@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sesmon.identity import STAGE_USERS, firm_username, principal_of
-from sesmon.registry import Registry, Unit
+from sesmon.contract.identity import STAGE_USERS, firm_username, principal_of
+from sesmon.contract.registry import Registry, Unit
 
 CSV_COLUMNS = ["username", "password", "role", "device_id"]
 INSPECTOR = "inspector-1"

@@ -12,7 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from sesmon.settings import MqttEndpoint, Settings
+from sesmon.runtime.settings import MqttEndpoint, Settings
 
 
 def make_client(

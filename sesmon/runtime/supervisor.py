@@ -1,6 +1,6 @@
 """Keep the demo's child stages running: restart a stage that exits, with backoff, and say so.
 
-Why: a stage that ends itself on a fatal client error (``sesmon.health.fatal``, status 70:
+Why: a stage that ends itself on a fatal client error (``sesmon.runtime.health.fatal``, status 70:
 librdkafka's ``UNKNOWN_PRODUCER_ID`` after a Kafka restart, say) is only safe if something
 starts it again. Before this, the demo stopped at the first dead stage, and a stage whose
 threads had died but whose process lived on looked healthy to everyone.
@@ -28,12 +28,12 @@ from typing import Any
 
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
-from sesmon.health import FATAL_EXIT, Health
-from sesmon.kafka import make_producer, stats_record
-from sesmon.services import ChildProcess
-from sesmon.settings import Settings
+from sesmon.runtime.health import FATAL_EXIT, Health
+from sesmon.runtime.kafka import make_producer, stats_record
+from sesmon.runtime.services import ChildProcess
+from sesmon.runtime.settings import Settings
 
-log = logging.getLogger("sesmon.supervisor")
+log = logging.getLogger("sesmon.runtime.supervisor")
 
 #: the ``pipeline`` record's stage name of each child ("" = it publishes none: the simulator)
 REPORTS_AS = {"worker": "streams", "simulator": ""}
@@ -147,10 +147,10 @@ class Supervisor:
     def add(
         self, name: str, argv: list[str], env: dict[str, str], log_path: Path, reports_as: str | None = None
     ) -> SupervisedStage:
-        """A stage run as ``python -m sesmon.cli <argv>``; started by :meth:`start`."""
+        """A stage run as ``python -m sesmon.app.cli <argv>``; started by :meth:`start`."""
         if reports_as is None:
             reports_as = REPORTS_AS.get(name, name)
-        command = [sys.executable, "-m", "sesmon.cli", *argv]
+        command = [sys.executable, "-m", "sesmon.app.cli", *argv]
         return self.add_command(name, command, env, log_path, reports_as)
 
     def add_command(
@@ -293,7 +293,7 @@ class Supervisor:
         if self._producer is None:
             # not idempotent: an idempotent producer dies for good when the broker forgets it
             # and quiet: a broker restart is the stages' news, not a screenful of connect errors
-            quiet = logging.getLogger("sesmon.supervisor.kafka")
+            quiet = logging.getLogger("sesmon.runtime.supervisor.kafka")
             quiet.setLevel(logging.CRITICAL)
             self._producer = make_producer(
                 self.settings,

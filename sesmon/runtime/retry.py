@@ -20,7 +20,7 @@ from tenacity import (
 )
 
 T = TypeVar("T")
-log = logging.getLogger("sesmon.retry")
+log = logging.getLogger("sesmon.runtime.retry")
 
 
 class Stopping(Exception):

@@ -153,7 +153,7 @@ def start_mqtt(
 ) -> ManagedProcess:
     """Mosquitto when installed, else amqtt (MQTT 3.1.1 only, about 4x slower, anonymous only).
 
-    ``secure`` is a :class:`sesmon.broker_auth.BrokerCredentials`: passwords and an ACL.
+    ``secure`` is a :class:`sesmon.runtime.broker_auth.BrokerCredentials`: passwords and an ACL.
     """
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -242,7 +242,7 @@ class EmbeddedServices:
     workdir: Path
     mqtt_port: int | None = None
     with_influx: bool = False
-    #: ``sesmon.broker_auth.BrokerCredentials``: start MQTT with passwords and an ACL (``--secure``)
+    #: ``sesmon.runtime.broker_auth.BrokerCredentials``: start MQTT with passwords and an ACL (``--secure``)
     secure: Any = None
     processes: list[ManagedProcess] = field(default_factory=list)
     mqtt: ManagedProcess | None = None

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from sesmon.schemas import DEVICE_ID_RE, Kind
+from sesmon.contract.schemas import DEVICE_ID_RE, Kind
 
 DISTRICTS = ("越秀", "海珠", "荔湾", "天河", "白云", "黄埔", "番禺", "花都", "南沙", "从化", "增城")
 

@@ -15,7 +15,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from sesmon.settings import Settings
+from sesmon.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

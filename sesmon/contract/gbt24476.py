@@ -1,6 +1,6 @@
 """The GB/T 24476-style wire format of numeric lift terminals: topics, code tables, local time.
 
-A contract, like :mod:`sesmon.schemas`: the ingest adapter (``ingest/vendor.py``) reads it to
+A contract, like :mod:`sesmon.contract.schemas`: the ingest adapter (``ingest/vendor.py``) reads it to
 map such terminals onto the canonical protocol, and simulated terminals of that kind write
 it. Kept here, not in ``simulators/``, because production code must not import the
 simulators. The format is documented in ``ingest/README.md``.
@@ -8,15 +8,15 @@ simulators. The format is documented in ``ingest/README.md``.
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
 from typing import Any
 
-from sesmon.schemas import MODE_CODES
+from sesmon.contract.schemas import MODE_CODES
+from sesmon.contract.time import LOCAL_TZ
 
 #: topics ``gbt24476/v1/{device_id}/status|fault|lwt``
 VENDOR_ROOT = "gbt24476/v1"
 #: ``time`` as ``yyyyMMddHHmmss`` is Beijing time (UTC+8), as the upload schemas use it
-CST = timezone(timedelta(hours=8))
+CST = LOCAL_TZ
 
 #: serviceMode code -> canonical mode name, and back (GB/T 24476 service modes)
 MODE_NAMES: dict[int, str] = {code: mode.value for code, mode in MODE_CODES.items()}

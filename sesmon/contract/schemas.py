@@ -7,7 +7,7 @@ point: it turns (topic, raw bytes) into an :class:`Envelope` or raises :class:`B
 with a short machine-readable reason and a human-readable detail.
 
 Reports and dispatch actions may carry their publisher's MQTT username as one more topic
-level (``sesmon/v1/reports/{report}/{username}``, see :mod:`sesmon.identity`); the envelope
+level (``sesmon/v1/reports/{report}/{username}``, see :mod:`sesmon.contract.identity`); the envelope
 keeps it as ``publisher`` so later stages can record who did what.
 """
 

@@ -24,8 +24,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from sesmon.kafka import loads, make_reader
-from sesmon.settings import Settings
+from sesmon.runtime.kafka import loads, make_reader
+from sesmon.runtime.settings import Settings
 
 LEVEL_STYLE = {"P1": "bold white on red", "P2": "black on dark_orange", "P3": "black on yellow"}
 #: stages that publish a ``pipeline`` record, in pipeline order
