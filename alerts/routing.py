@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from sesmon.contract.schemas import TOPIC_ROOT, Alert, Level, Receiver
+from sesmon.contract.receivers import hazard_receivers, receivers_of
+from sesmon.contract.schemas import TOPIC_ROOT, Alert, Receiver
 
 
 class BadRecord(ValueError):
@@ -35,23 +36,15 @@ class Route:
 
 
 def receivers_for(alert: Alert, centre_id: str) -> list[Receiver]:
-    """Who gets it (DESIGN.md §4): the rules' list, or firm + user unit (+ 96333 for P1)."""
-    if alert.receivers:
-        return alert.receivers
-    out = [Receiver(kind="firm", id=alert.firm_id or "unknown")]
-    if alert.user_unit_id:
-        out.append(Receiver(kind="user_unit", id=alert.user_unit_id))
-    if alert.level == Level.P1:
-        out.append(Receiver(kind="centre", id=centre_id))
-    return out
+    """Who gets it (DESIGN.md §4, sesmon.contract.receivers): the rules' list, or the defaults."""
+    return receivers_of(alert, centre_id)
 
 
-def hazard_receivers(hazard: dict[str, Any]) -> list[Receiver]:
-    """Hidden dangers go to the firm that must rectify them (and the district regulator if major)."""
-    out = [Receiver(kind="firm", id=str(hazard.get("firm_id") or "unknown"))]
-    if hazard.get("grade") == "major":
-        out.append(Receiver(kind="regulator", id=f"district:{hazard.get('district', '')}"))
-    return out
+def hazard_receivers_of(hazard: dict[str, Any]) -> list[Receiver]:
+    """A hidden danger's receivers from its published record."""
+    return hazard_receivers(
+        str(hazard.get("firm_id") or ""), str(hazard.get("district") or ""), str(hazard.get("grade") or "")
+    )
 
 
 def _safe(level: str) -> str:
@@ -94,5 +87,5 @@ def route_hazard(value: bytes) -> Route:
     except (ValueError, KeyError, TypeError) as exc:
         raise BadRecord("bad_hazard_records", f"undecodable hazard record: {exc!r}") from exc
     payload = orjson.dumps(hazard | {"idempotency_key": key})
-    topics = tuple(dict.fromkeys(hazard_topic(r) for r in hazard_receivers(hazard)))
+    topics = tuple(dict.fromkeys(hazard_topic(r) for r in hazard_receivers_of(hazard)))
     return Route(key, hazard_id, payload, topics, f"hazards_{status}")

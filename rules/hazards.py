@@ -43,6 +43,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from sesmon.contract.identity import principal_of
+from sesmon.contract.schemas import HAZARD_ACTIONS
 from sesmon.contract.schemas import (
     hazard_device_id as hazard_device_id,  # re-exported: the id format is a contract
 )
@@ -50,16 +51,7 @@ from sesmon.contract.schemas import (
 DAY_MS = 86_400_000
 GRADES = ("general", "suspected_major", "major")
 SUPERVISION = ("none", "district", "city", "province")
-ACTIONS = (
-    "rectified",
-    "verified",
-    "reopened",
-    "supervise",
-    "withdrawn",
-    "regrade",
-    "stop_use",
-    "return_to_service",
-)
+ACTIONS = HAZARD_ACTIONS
 #: 挂牌督办 level a hazard gets when graded (the catalogue's settings override it)
 SUPERVISION_AT_GRADING: dict[str, str] = {"general": "none", "suspected_major": "none", "major": "district"}
 MAJORISH = ("major", "suspected_major")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sesmon.contract.receivers import alert_receivers
 from sesmon.contract.schemas import Alert, Receiver
 
 from . import counting, flap, unit_hazards
@@ -33,16 +34,15 @@ def title_for(rule: Rule, values: dict[str, Any] | None) -> str:
 
 def receivers(cfg: Compiled, rule: Rule, ctx: UnitCtx, kind: str) -> list[Receiver]:
     """A boiler's alerts go to its own responders (user unit, firm); 96333 is for elevators."""
-    rec = []
-    if ctx.firm_id:
-        rec.append(Receiver(kind="firm", id=ctx.firm_id))
-    if ctx.user_unit_id:
-        rec.append(Receiver(kind="user_unit", id=ctx.user_unit_id))
-    if rule.centre and kind == "elevator":
-        rec.append(Receiver(kind="centre", id=cfg.centre_id))
-    if rule.regulator and ctx.district:
-        rec.append(Receiver(kind="regulator", id=f"district:{ctx.district}"))
-    return rec
+    return alert_receivers(
+        kind,
+        firm_id=ctx.firm_id,
+        user_unit_id=ctx.user_unit_id,
+        district=ctx.district,
+        centre=rule.centre,
+        regulator=rule.regulator,
+        centre_id=cfg.centre_id,
+    )
 
 
 def alert_record(

@@ -26,8 +26,7 @@ import random
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sesmon.contract.identity import firm_username
-from sesmon.runtime.broker_auth import INSPECTOR, OPERATOR
+from sesmon.contract.identity import INSPECTOR, OPERATOR, firm_username
 from simulators.common import TOPIC_ROOT, Msg, lognormal_s, utc_date
 from simulators.elevator import Elevator
 

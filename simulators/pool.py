@@ -39,8 +39,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from sesmon.contract.identity import firm_username
-from sesmon.runtime.broker_auth import INSPECTOR, OPERATOR, read_credentials_csv
+from sesmon.contract.identity import INSPECTOR, OPERATOR, firm_username
+from sesmon.runtime.broker_auth import read_credentials_csv
 from sesmon.runtime.mqtt import make_client
 from sesmon.runtime.settings import MqttEndpoint, Settings
 from simulators.common import TOPIC_ROOT, WILL_PAYLOAD, Msg

@@ -18,9 +18,9 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from sesmon.contract.identity import firm_username
+from sesmon.contract.identity import INSPECTOR, firm_username
 from sesmon.contract.registry import Registry, write_registry
-from sesmon.runtime.broker_auth import INSPECTOR, BrokerCredentials, write_credentials
+from sesmon.runtime.broker_auth import BrokerCredentials, write_credentials
 from sesmon.runtime.services import ManagedProcess, start_mqtt
 from sesmon.runtime.settings import MqttEndpoint, Settings
 from simulators.common import Msg

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,6 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from sesmon.contract.time import LOCAL_TZ
 from sesmon.runtime.kafka import loads, make_reader
 from sesmon.runtime.settings import Settings
 
@@ -192,7 +193,7 @@ class BoardState:
 
 
 def render(
-    state: BoardState, title: str = "sesmon — Guangzhou special-equipment safety", tz: str = "Asia/Shanghai"
+    state: BoardState, title: str = "sesmon — Guangzhou special-equipment safety", tz: str | None = None
 ) -> Group:
     s = state.summary()
     head = Table.grid(expand=True, padding=(0, 2))
@@ -208,8 +209,8 @@ def render(
         Text(f"{s['dead_lettered']:,} dead letters", style="bold magenta" if s["dead_lettered"] else "dim"),
     )
     alerts = Table(expand=True, title="firing alerts (newest first)", title_justify="left")
-    zone = ZoneInfo(tz)
-    for col in ("level", "rule", "unit", "district", "firm", f"since (device time, {tz})"):
+    zone: tzinfo = ZoneInfo(tz) if tz else LOCAL_TZ  # unset: Guangzhou time (sesmon.contract.time)
+    for col in ("level", "rule", "unit", "district", "firm", f"since (device time, {tz or zone})"):
         alerts.add_column(col)
     newest = sorted(state.firing.values(), key=lambda a: a.get("opened_at", 0), reverse=True)[:15]
     for alert in newest:

@@ -29,9 +29,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sesmon.contract.schemas import FIRM_HAZARD_ACTIONS, INSPECTOR_HAZARD_ACTIONS
+
 Role = Literal["device", "firm", "inspector", "operator", "ingest", "alerts"]
 
 STAGE_USERS: dict[str, Role] = {"sesmon-ingest": "ingest", "sesmon-alerts": "alerts"}
+#: the people's accounts a fresh install gets: the 96333 centre's operator and one inspector
+OPERATOR = "operator"
+INSPECTOR = "inspector-1"
 ROLE_PREFIXES: dict[str, Role] = {"firm-": "firm", "inspector-": "inspector", "operator-": "operator"}
 
 
@@ -75,18 +80,9 @@ def report_refusal(
     if report == "hazard":
         action = body.get("action")
         own_firm = role == "firm" and principal.id == unit_firm_id
-        if action in ("rectified", "stop_use") and own_firm:
+        if action in FIRM_HAZARD_ACTIONS and own_firm:
             return None
-        inspector_actions = (
-            "verified",
-            "reopened",
-            "supervise",
-            "withdrawn",
-            "regrade",
-            "stop_use",
-            "return_to_service",
-        )
-        if action in inspector_actions and role == "inspector":
+        if action in INSPECTOR_HAZARD_ACTIONS and role == "inspector":
             return None
         return f"{principal.username} ({role}) may not report hazard action {action!r}"
     if report in ("inspection", "accident"):

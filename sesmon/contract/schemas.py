@@ -14,6 +14,7 @@ keeps it as ``publisher`` so later stages can record who did what.
 from __future__ import annotations
 
 import re
+import typing
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -224,6 +225,16 @@ class ElevatorTelemetry(DeviceMessage):
     down_limit: bool | None = None
     run_count: int | None = Field(None, ge=0)
     door_cycles: int | None = Field(None, ge=0)
+    #: machine brake: lifted (open, the car may move) or applied (holding)
+    brake: Literal["lifted", "applied"] | None = None
+    # escalators and moving walks (type codes 3310 / 3320; GB 16899-2011): the direction the unit is
+    # set to run (a reversal is ``direction`` against it), handrail speeds (0..+2 % of step speed),
+    # the missing step/pallet device and the emergency stop switches
+    set_direction: Literal["up", "down"] | None = None
+    handrail_left_mps: float | None = Field(None, ge=0, le=25)
+    handrail_right_mps: float | None = Field(None, ge=0, le=25)
+    missing_step: bool | None = None
+    emergency_stop: bool | None = None
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -298,19 +309,28 @@ class InspectionReport(BaseModel):
     next_due: Annotated[date, Field(strict=False)]
 
 
+#: What a hidden-danger report may do (rules/hazards.py has the lifecycle, sesmon.contract.identity who may)
+HazardAction = Literal[
+    "rectified",
+    "verified",
+    "reopened",
+    "supervise",
+    "withdrawn",
+    "regrade",
+    "stop_use",
+    "return_to_service",
+]
+HAZARD_ACTIONS: tuple[str, ...] = typing.get_args(HazardAction)
+#: the unit's maintenance firm reports its own work, and may stop a unit's use (停用) itself
+FIRM_HAZARD_ACTIONS = ("rectified", "stop_use")
+#: the inspection body / regulator does everything but the rectification
+INSPECTOR_HAZARD_ACTIONS = tuple(a for a in HAZARD_ACTIONS if a != "rectified")
+
+
 class HazardReport(BaseModel):
     model_config = _STRICT_OPEN
     hazard_id: str = Field(min_length=1, max_length=128)
-    action: Literal[
-        "rectified",
-        "verified",
-        "reopened",
-        "supervise",
-        "withdrawn",
-        "regrade",
-        "stop_use",
-        "return_to_service",
-    ]
+    action: HazardAction
     by: str = Field(min_length=1)
     ts: Annotated[int, BeforeValidator(to_epoch_ms), Field(strict=False)]
     note: str = ""

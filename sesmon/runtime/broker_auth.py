@@ -22,12 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sesmon.contract.identity import STAGE_USERS, firm_username, principal_of
+from sesmon.contract.identity import INSPECTOR, OPERATOR, STAGE_USERS, firm_username, principal_of
 from sesmon.contract.registry import Registry, Unit
 
 CSV_COLUMNS = ["username", "password", "role", "device_id"]
-INSPECTOR = "inspector-1"
-OPERATOR = "operator"
 PBKDF2_ITERATIONS = 101  # mosquitto 2.0's own default for $7$ hashes
 
 

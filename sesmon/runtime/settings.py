@@ -84,7 +84,9 @@ class Settings(BaseSettings):
     store_spool_max_bytes: int = 2 * 1024**3  # beyond it the stage stops reading Kafka (nothing dropped)
 
     # --- people ---
-    display_tz: str = Field("Asia/Shanghai", description="time zone of times shown to operators")
+    display_tz: str | None = Field(
+        None, description="IANA time zone of times shown to operators (unset: Guangzhou, UTC+8)"
+    )
 
     # --- pipeline health ---
     stats_every_s: float = 1.0
