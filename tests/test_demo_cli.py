@@ -3,9 +3,11 @@ and nothing left behind after Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -199,8 +201,24 @@ def test_demo_secure_runs_the_pipeline_with_passwords_and_never_prints_them(tmp_
         assert str(run_dir / "mqtt") in banner.group(0)
         credentials = run_dir / "mqtt" / "credentials.csv"
         assert credentials.exists()
-        # the simulated fleet logs in device by device and its centre answers as `operator`
-        assert demo.wait_for(r"'P1': [1-9]", 150), demo.output[-3000:]
+        # the simulated fleet logs in device by device and its centre answers as `operator`;
+        # a person watches the centre's pages from the spare desk, `operator-2`
+        port = int(re.search(r"MQTT mqtt://127\.0\.0\.1:(\d+)", banner.group(0)).group(1))  # type: ignore[union-attr]
+        with credentials.open(newline="") as fh:
+            accounts = {row["username"]: row for row in csv.DictReader(fh)}
+        desk = secure_client(port, "operator-2", accounts["operator-2"]["password"])
+        pages: queue.Queue[bytes] = queue.Queue()
+        desk.on_message = lambda _c, _u, msg: pages.put(msg.payload)
+        desk.subscribe("sesmon/v1/alerts/centre/#", qos=1)
+        deadline = time.monotonic() + 150
+        paged = None
+        while paged is None and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                page = json.loads(pages.get(timeout=1))
+                paged = page if page.get("level") == "P1" and page.get("kind") == "elevator" else None
+        desk.disconnect()
+        desk.loop_stop()
+        assert paged is not None, demo.output[-3000:]
     finally:
         code = demo.stop(signal.SIGTERM)
     out = demo.output

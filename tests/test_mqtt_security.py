@@ -31,7 +31,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 @pytest.fixture(scope="module")
 def creds(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> BrokerCredentials:
-    return write_credentials(registry, tmp_path_factory.mktemp("mqtt"))
+    return write_credentials(registry, tmp_path_factory.mktemp("mqtt"), operators=2)
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +188,16 @@ def test_nobody_takes_over_the_ingest_session(
     assert not disconnected.is_set()
     intruder.close()
     ingest.close()
+
+
+def test_two_operator_desks_each_hear_the_alerts(broker: ManagedProcess, creds: BrokerCredentials) -> None:
+    """One account per desk: a second desk on the same account would take the first one's session."""
+    desks = [login(broker, creds, name) for name in ("operator", "operator-2")]
+    for desk in desks:
+        assert desk.subscribe("sesmon/v1/alerts/#") == [1]
+    alerts = login(broker, creds, "sesmon-alerts")
+    alerts.publish("sesmon/v1/alerts/centre/96333", b"to both desks")
+    for desk in desks:
+        assert desk.messages.get(timeout=30) == ("sesmon/v1/alerts/centre/96333", b"to both desks")
+    for conn in (*desks, alerts):
+        conn.close()

@@ -94,7 +94,7 @@ def cmd_board(args: argparse.Namespace) -> int:
 def cmd_mqtt_credentials(args: argparse.Namespace) -> int:
     from sesmon.runtime.broker_auth import write_credentials
 
-    creds = write_credentials(Registry.load(args.registry), args.out)
+    creds = write_credentials(Registry.load(args.registry), args.out, operators=args.operators)
     roles: dict[str, int] = {}
     for account in creds.accounts.values():
         roles[account.role] = roles.get(account.role, 0) + 1
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     creds.add_argument("--registry", type=Path, required=True, help="registry CSV (DESIGN.md §3)")
     creds.add_argument("--out", type=Path, required=True, help="directory for passwd, acl, credentials.csv")
+    creds.add_argument(
+        "--operators", type=int, default=1, metavar="N", help="centre desks: operator … operator-N"
+    )
     creds.set_defaults(func=cmd_mqtt_credentials)
 
     from rules.cli import register as register_rules  # sesmon rules check|show|schema

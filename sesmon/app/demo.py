@@ -122,7 +122,8 @@ def run_demo(
     if secure:
         from sesmon.runtime.broker_auth import write_credentials
 
-        credentials = write_credentials(Registry.load(registry_path), data_dir / "mqtt")
+        # the simulated 96333 centre logs in as `operator`; `operator-2` is a desk left for a person
+        credentials = write_credentials(Registry.load(registry_path), data_dir / "mqtt", operators=2)
     services = EmbeddedServices(data_dir / "servers", mqtt_port=mqtt_port, secure=credentials)
     supervisor: Supervisor | None = None
     events: deque[StageEvent] = deque()
@@ -153,7 +154,10 @@ def run_demo(
         ensure_topics(settings)
         security = "anonymous"
         if credentials is not None:
-            security = f"secure: a password per device and stage, ACL by role; files in {data_dir / 'mqtt'}"
+            security = (
+                f"secure: a password per device and stage, ACL by role; files in {data_dir / 'mqtt'}"
+                " (watch alerts as operator-2)"
+            )
         console.print(
             f"MQTT {services.mqtt_url} ({services.mqtt.name if services.mqtt else '?'}, {security}) · "
             f"Kafka {services.kafka_url}"

@@ -52,8 +52,14 @@ def verify_hash(password: str, hashed: str) -> bool:
     return secrets.compare_digest(digest, base64.b64decode(digest_b64))
 
 
-def accounts_for(units: Iterable[Unit], existing: dict[str, str] | None = None) -> list[Account]:
-    """Every account the fleet needs; a password already issued is kept."""
+def accounts_for(
+    units: Iterable[Unit], existing: dict[str, str] | None = None, operators: int = 1
+) -> list[Account]:
+    """Every account the fleet needs; a password already issued is kept.
+
+    ``operators``: centre desks, each with its own account (``operator``, ``operator-2``, …),
+    because a client id is its username and a second login on one account takes the first's session.
+    """
     existing = existing or {}
 
     def account(username: str, role: str, device_id: str = "") -> Account:
@@ -63,6 +69,7 @@ def accounts_for(units: Iterable[Unit], existing: dict[str, str] | None = None) 
     units = list(units)
     out = [account(name, role) for name, role in STAGE_USERS.items()]
     out += [account(OPERATOR, "operator"), account(INSPECTOR, "inspector")]
+    out += [account(f"{OPERATOR}-{n}", "operator") for n in range(2, operators + 1)]
     for firm_id in sorted({u.firm_id for u in units if u.firm_id}):
         out.append(account(firm_username(firm_id), "firm"))
     for unit in units:
@@ -150,13 +157,13 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_credentials(registry: Registry, out_dir: Path) -> BrokerCredentials:
+def write_credentials(registry: Registry, out_dir: Path, operators: int = 1) -> BrokerCredentials:
     """Write ``passwd``, ``acl`` and ``credentials.csv`` under ``out_dir`` (kept passwords kept)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     creds = BrokerCredentials(out_dir)
     existing = {u: a.password for u, a in read_credentials_csv(creds.csv).items()}
     units = list(registry)
-    accounts = accounts_for(units, existing)
+    accounts = accounts_for(units, existing, operators)
     creds.accounts = {a.username: a for a in accounts}
     _write_private(creds.passwd, "".join(f"{a.username}:{mosquitto_hash(a.password)}\n" for a in accounts))
     _write_private(creds.acl, acl_text(accounts, {u.device_id: str(u.kind) for u in units}))
