@@ -296,7 +296,11 @@ class IngestBridge:
             if json_depth_exceeds(payload, depth):
                 raise BadInput("too_deep", f"JSON nested deeper than {depth} levels")
             try:
-                canonical_topic, payload = vendor_to_canonical(topic, payload)
+                parts = topic.split("/")
+                unit = self.registry.get(parts[2]) if self.registry is not None and len(parts) > 2 else None
+                # escalators (33xx) number their service modes differently from lifts
+                type_code = unit.type_code if unit is not None else ""
+                canonical_topic, payload = vendor_to_canonical(topic, payload, type_code=type_code)
             except VendorError as err:
                 if err.reason in MALFORMED:
                     raise BadInput("bad_vendor_payload", str(err)) from None

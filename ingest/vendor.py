@@ -31,6 +31,9 @@ from sesmon.contract.gbt24476 import (
     DIRECTION_CODE,
     DOOR,
     DOOR_CODE,
+    ESCALATOR_CODES,
+    ESCALATOR_MODE_CODE,
+    ESCALATOR_MODE_NAMES,
     LIST_A,
     LIST_A_MODES,
     LIST_B,
@@ -41,6 +44,7 @@ from sesmon.contract.gbt24476 import (
     POWER_CODE,
     TO_VENDOR,
     VENDOR_ROOT,
+    is_escalator,
 )
 from sesmon.contract.schemas import TOPIC_ROOT
 
@@ -154,8 +158,16 @@ def _dumps(out: dict[str, Any]) -> bytes:
         raise VendorError("unencodable", str(exc)[:100]) from None
 
 
-def vendor_to_canonical(topic: str, payload: bytes) -> tuple[str, bytes]:
-    """Map one GB/T 24476-style message to a canonical ``sesmon/v1/elevator/...`` message."""
+#: serviceMode of an escalator or moving walk (3 is "unknown" there, not fire recall)
+_ESCALATOR_MODE = _code(ESCALATOR_MODE_NAMES)
+
+
+def vendor_to_canonical(topic: str, payload: bytes, *, type_code: str = "") -> tuple[str, bytes]:
+    """Map one GB/T 24476-style message to a canonical ``sesmon/v1/elevator/...`` message.
+
+    ``type_code`` is the unit's registry type code when the caller knows it: escalators and
+    moving walks (33xx) number their service modes differently (domain.md §1.2). Fault codes
+    need no type: the escalator codes 61–65 are their own."""
     parts = topic.split("/")
     if len(parts) != 4 or "/".join(parts[:2]) != VENDOR_ROOT:
         raise VendorError("bad_topic", _short(topic))
@@ -179,8 +191,11 @@ def vendor_to_canonical(topic: str, payload: bytes) -> tuple[str, bytes]:
         raise VendorError("device_mismatch", f"{_short(reg)} != {device_id!r}")
     out: dict[str, Any] = {"device_id": device_id, "ts": _time(data.get("time")), "seq": data.get("seq")}
     if leaf == "status":
+        escalator = is_escalator(type_code)
         for key, (name, convert) in STATUS_FIELDS.items():
             value = data.get(key)
+            if key == "serviceMode" and escalator:
+                convert = _ESCALATOR_MODE
             if value is not None:
                 try:
                     out[name] = convert(value)
@@ -205,7 +220,11 @@ def vendor_to_canonical(topic: str, payload: bytes) -> tuple[str, bytes]:
     return f"{base}/event", _dumps(out)
 
 
-def canonical_to_vendor(topic: str, body: dict[str, Any]) -> tuple[str, bytes] | None:
+#: canonical -> escalator code of list A, where an escalator's differs from a lift's
+_ESCALATOR_TO_VENDOR = {LIST_A[code][0]: (1, code) for code in sorted(ESCALATOR_CODES)}
+
+
+def canonical_to_vendor(topic: str, body: dict[str, Any], *, type_code: str = "") -> tuple[str, bytes] | None:
     """The reverse, for simulated terminals of that kind (None: no vendor form, e.g. boilers)."""
     parts = topic.split("/")
     if len(parts) != 5 or parts[2] != "elevator":
@@ -215,9 +234,15 @@ def canonical_to_vendor(topic: str, body: dict[str, Any]) -> tuple[str, bytes] |
     if isinstance(ts, str):
         ts = int(datetime.fromisoformat(ts).timestamp() * 1000)
     out: dict[str, Any] = {"regCode": device_id, "time": ts, "seq": body["seq"]}
+    escalator = is_escalator(type_code)
     if leaf == "telemetry":
         mode = body.get("mode")
-        out["serviceMode"] = mode if isinstance(mode, int) else MODE_CODE.get(str(mode), 7)
+        if isinstance(mode, int):
+            out["serviceMode"] = mode
+        elif escalator:
+            out["serviceMode"] = ESCALATOR_MODE_CODE.get(str(mode), 3)
+        else:
+            out["serviceMode"] = MODE_CODE.get(str(mode), 7)
         out["carStatus"] = int(bool(body.get("moving")))
         out["carDirection"] = DIRECTION_CODE.get(body.get("direction", "none"), 0)
         out["carPosition"] = body.get("floor")
@@ -235,7 +260,7 @@ def canonical_to_vendor(topic: str, body: dict[str, Any]) -> tuple[str, bytes] |
         out["doorOpenCount"] = body.get("door_cycles")
         return f"{VENDOR_ROOT}/{device_id}/status", orjson.dumps(out)
     if leaf == "event":
-        pair = TO_VENDOR.get(body["code"])
+        pair = (_ESCALATOR_TO_VENDOR if escalator else {}).get(body["code"]) or TO_VENDOR.get(body["code"])
         if pair is None:
             return None
         out["faultType"], out["faultId"] = pair

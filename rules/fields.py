@@ -35,16 +35,7 @@ class FieldType:
 #: Fields rules use that ``sesmon/contract/schemas.py`` does not declare yet (elevator kind; escalators and
 #: moving walks are elevator-kind units with type code 3310 / 3320).
 PENDING_FIELDS: dict[str, dict[str, FieldType]] = {
-    "elevator": {
-        "brake": FieldType(
-            "enum", ("lifted", "applied"), "machine brake: lifted (open) or applied (holding)"
-        ),
-        "set_direction": FieldType("enum", ("up", "down"), "escalator: the direction it is set to run"),
-        "handrail_left_mps": FieldType("number", note="escalator: left handrail speed, m/s"),
-        "handrail_right_mps": FieldType("number", note="escalator: right handrail speed, m/s"),
-        "missing_step": FieldType("bool", note="escalator: missing step/pallet device operated"),
-        "emergency_stop": FieldType("bool", note="escalator: an emergency stop switch is operated"),
-    },
+    "elevator": {},  # brake and the escalator fields (set_direction, handrail_*, ...) are declared now
     "boiler": {},
 }
 

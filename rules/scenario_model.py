@@ -39,7 +39,7 @@ def _duration(value: Any) -> Any:
 
 
 Duration = Annotated[int | float | str, Field(description="seconds, or 90s / 5m / 2h / 1d / 9m10s")]
-DEVICE = r"^([A-Za-z0-9_-]{1,64}|(elevator|boiler|steam|hotwater)#\d+)$"
+DEVICE = r"^([A-Za-z0-9_-]{1,64}|(elevator|escalator|boiler|steam|hotwater)#\d+)$"
 
 
 class _Doc(BaseModel):

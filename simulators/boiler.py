@@ -72,7 +72,12 @@ class Boiler(Device):
         self.feed_temp = 104.0 if self.deaerator else rng.uniform(20, 60)
         self.flue_base = rng.uniform(125, 150) if self.economiser else rng.uniform(165, 200)
         self.o2_base = rng.uniform(2.5, 3.5)
-        self.t_supply_set = 115.0 if (not self.steam and self.rated_p >= 1.0) else 95.0
+        # the registry's per-unit limits, where it has them: design outlet temperature, lowest safe level
+        rated_outlet = unit.rated_outlet_temp_c
+        self.t_supply_set = float(
+            rated_outlet or (115.0 if (not self.steam and self.rated_p >= 1.0) else 95.0)
+        )
+        self.extreme_low_mm = float(unit.lowest_safe_water_level_mm or EXTREME_LOW_MM)
         self.dt_design = 45.0 if self.t_supply_set >= 115 else 25.0
 
         # ---- state
@@ -282,7 +287,7 @@ class Boiler(Device):
 
     def _protections(self, t: int) -> None:
         firing = self.burner in ("low_fire", "high_fire", "ignition")
-        if self.steam and self.level <= EXTREME_LOW_MM and firing and self.trip_low_ok:
+        if self.steam and self.level <= self.extreme_low_mm and firing and self.trip_low_ok:
             self.occur(t, "low_water_trip", water_level_mm=round(self.level, 1), trip_acted=True)
             self._lockout(t, "low_water", None)
         if self.p >= self.p_trip and firing and self.trip_p_ok:

@@ -156,7 +156,9 @@ class Elevator(Device):
                 "load_pct": self.load_pct,
                 "occupied": self.passengers > 0,
                 "safety_circuit_open": self.safety_open,
-                "door_lock_circuit_open": self.lock_open,
+                # the lock contacts only make once the door is fully closed: any other door state
+                # reads open (a car reporting "open door, locks made" is the jumper sign)
+                "door_lock_circuit_open": self.lock_open or self.door != "closed",
                 "power": self.power,
                 "up_limit": self.up_limit,
                 "down_limit": self.down_limit,
@@ -334,7 +336,10 @@ class Elevator(Device):
         """Maintenance visit: the car goes to inspection (检修) mode and stops serving calls."""
         if self.fault is not None:
             return
+        if self.phase == "moving" and self.trip is not None:
+            self._arrive(t)  # the mechanic takes the car over once it has landed, not mid-shaft
         self._settle(t)
+        self.passengers = 0
         self.mode = "inspection"
         self.maintenance_until = until
         self.telemetry(t)

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sesmon.contract.gbt24476 import is_escalator
 from sesmon.contract.registry import Unit
 from sesmon.contract.schemas import Kind
 from simulators.boiler import Boiler
 from simulators.common import WILL_PAYLOAD, Msg, lognormal_s, unit_rng
 from simulators.elevator import Elevator
+from simulators.escalator import Escalator
 from simulators.network import Network, NetworkOptions
 
 YEAR_S = 365.0 * 86_400.0
@@ -41,6 +43,17 @@ ELEVATOR_RATES: dict[str, float] = {
     "unintended_movement": 5.0,
     "overspeed": 4.0,
 }  # faults (all but trapped) sum to 280 ≈ 0.59 × trapped
+# The rates above are per 10k elevator-kind units (city counts of 电梯 include escalators), injected
+# into lifts. Escalators and moving walks add their own, per 10k escalators a year [D, assumed]:
+# emergency stops after falls are common, failed safety devices rare.
+ESCALATOR_RATES: dict[str, float] = {
+    "emergency_stop": 1500.0,
+    "safety_circuit_open": 150.0,
+    "handrail_speed_fault": 100.0,
+    "missing_step": 15.0,
+    "overspeed": 3.0,
+    "reversal": 2.0,
+}
 ALARM_BUTTON_RATE = 300.0  # presses without a trapping (mostly false alarms); not a "fault"
 BOILER_RATES: dict[str, float] = {
     "flame_failure": 2000.0,
@@ -71,6 +84,7 @@ DEMO_SEQUENCE: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("elevator", "door_close_fault", {"auto_release_s": 120.0}),
     ("boiler", "gas_leak", {"auto_release_s": 120.0}),
     ("elevator", "power_failure", {"auto_release_s": 120.0}),
+    ("escalator", "reversal", {"auto_release_s": 150.0}),
 )
 
 
@@ -113,7 +127,7 @@ class FleetSim:
         self.outbox: list[Msg] = []
         self.net = Network(self.o.network, random.Random(f"{seed}:net"))
         self.units: dict[str, Unit] = {}
-        self.devices: dict[str, Elevator | Boiler] = {}
+        self.devices: dict[str, Elevator | Escalator | Boiler] = {}
         self.wake_at: dict[str, int] = {}
         self.heap: list[tuple[int, int, str]] = []  # (t, n, device_id) model wakes
         self.actions: list[tuple[int, int, Callable[[int], None]]] = []
@@ -123,6 +137,10 @@ class FleetSim:
         for unit in units:
             self._add(unit)
         self.elevator_ids = sorted(d for d, u in self.units.items() if u.kind == Kind.elevator and u.in_use)
+        # lifts (traction, hydraulic) and escalators / moving walks (33xx) fail in different ways
+        self.escalator_ids = [d for d in self.elevator_ids if is_escalator(self.units[d].type_code)]
+        escalators = set(self.escalator_ids)
+        self.lift_ids = [d for d in self.elevator_ids if d not in escalators]
         self.boiler_ids = sorted(d for d, u in self.units.items() if u.kind == Kind.boiler and u.in_use)
         self.steam_ids = [d for d in self.boiler_ids if self.units[d].steam]
         if self.o.announce:
@@ -144,8 +162,12 @@ class FleetSim:
         if unit.status == "scrapped":
             return
         rng = unit_rng(self.seed, unit.device_id)
-        dev: Elevator | Boiler
-        if unit.kind == Kind.elevator:
+        dev: Elevator | Escalator | Boiler
+        if unit.kind == Kind.elevator and is_escalator(unit.type_code):
+            dev = Escalator(unit, rng, self.outbox, self.start_ms, periodic=self.o.periodic)
+            if unit.status != "in_use":
+                dev.mode = "out_of_service"
+        elif unit.kind == Kind.elevator:
             dev = Elevator(
                 unit, rng, self.outbox, self.start_ms, traffic=self.o.traffic, periodic=self.o.periodic
             )
@@ -240,7 +262,7 @@ class FleetSim:
         elif fault == "release":
             ok = dev.release(t, str(params.get("reason", "scenario")))
         else:
-            if isinstance(dev, Elevator) and dev.maintenance_until is not None:
+            if isinstance(dev, Elevator | Escalator) and dev.maintenance_until is not None:
                 dev.maintenance_until = None
                 dev.mode = "normal"
             ok = dev.inject(t, fault, **params)
@@ -265,7 +287,7 @@ class FleetSim:
         dev = self.devices[device_id]
         if device_id in self.net.offline_until:
             return True
-        if isinstance(dev, Elevator):
+        if isinstance(dev, Elevator | Escalator):
             return dev.fault is not None or dev.maintenance_until is not None or dev.in_service_at is not None
         return dev.fault is not None
 
@@ -283,9 +305,12 @@ class FleetSim:
         mult = self.o.fault_rate_multiplier
         streams: list[tuple[str, str, float]] = []
         n_el, n_bo = len(self.elevator_ids), len(self.boiler_ids)
-        for fault, rate in ELEVATOR_RATES.items():
-            streams.append(("elevator", fault, rate * n_el / 10_000 * mult))
-        streams.append(("elevator", "alarm_button", ALARM_BUTTON_RATE * n_el / 10_000 * mult))
+        if self.lift_ids:
+            for fault, rate in ELEVATOR_RATES.items():
+                streams.append(("elevator", fault, rate * n_el / 10_000 * mult))
+            streams.append(("elevator", "alarm_button", ALARM_BUTTON_RATE * n_el / 10_000 * mult))
+        for fault, rate in ESCALATOR_RATES.items():
+            streams.append(("escalator", fault, rate * len(self.escalator_ids) / 10_000 * mult))
         for fault, rate in BOILER_RATES.items():
             streams.append(("boiler", fault, rate * n_bo / 10_000 * mult))
         dropouts = self.o.network.dropouts_per_year
@@ -301,7 +326,7 @@ class FleetSim:
         gap_ms = int(rng.expovariate(per_year / YEAR_S) * 1000)
 
         def fire(tt: int) -> None:
-            ids = self.elevator_ids if kind == "elevator" else self.boiler_ids
+            ids = {"elevator": self.lift_ids, "escalator": self.escalator_ids}.get(kind, self.boiler_ids)
             if kind == "any":
                 ids = self.elevator_ids + self.boiler_ids
             if fault == "low_water":
@@ -343,7 +368,9 @@ class FleetSim:
             nonlocal k
             kind, fault, params = DEMO_SEQUENCE[k % len(DEMO_SEQUENCE)]
             k += 1
-            ids = self.elevator_ids if kind == "elevator" else (self.steam_ids or self.boiler_ids)
+            ids = {"elevator": self.lift_ids, "escalator": self.escalator_ids}.get(
+                kind, self.steam_ids or self.boiler_ids
+            )
             dev_id = self._pick(ids, rng)
             if dev_id is not None:
                 scaled = dict(params)

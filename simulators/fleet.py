@@ -9,9 +9,11 @@ random building would make per-firm and per-site metrics meaningless.
 - districts weighted by stock, coordinates scattered around each district centre;
 - maintenance firms: a few dozen with Zipf-like sizes (a few big, many small);
 - elevators: residential / office / commercial buildings with matching floors, speeds
-  (1.0–4 m/s) and loads (630–1600 kg) (domain.md §1.5);
+  (1.0–4 m/s) and loads (630–1600 kg) (domain.md §1.5); about 8 % of elevator-kind units are
+  escalators (3310) or moving walks (3320) at 0.5 m/s, mostly in malls, stations and offices;
 - boilers: steam 2–20 t/h at 1.25–2.5 MPa with the lower safety-valve setting of
-  domain.md §2.4, and hot-water boilers (0.7–7 MW) with 1.10 P (≥ P + 0.07);
+  domain.md §2.4 and a lowest safe water level, and hot-water boilers (0.7–7 MW) with
+  1.10 P (≥ P + 0.07) and a design outlet temperature of 95 or 115 °C (domain.md §2.3);
 - inspection dates: elevators on the TSG T7001-2023 cycle (years 1, 4, 7, 9, 11, 13, 15,
   then yearly), boilers' external inspection yearly; a few per cent overdue (超期未检).
 """
@@ -53,6 +55,13 @@ BUILDINGS: dict[str, tuple[float, tuple[int, ...], tuple[int, int]]] = {
     "commercial": (0.14, (4, 5, 6, 8, 10), (2, 8)),
     "public": (0.06, (4, 6, 8, 12, 16), (1, 4)),
 }
+#: share of a building type's elevator-kind units that are escalators or moving walks; with the
+#: weights above about 8 % of the fleet (malls and stations have many, homes none)
+ESCALATOR_SHARE = {"residential": 0.0, "office": 0.05, "commercial": 0.28, "public": 0.15}
+MOVING_WALK_SHARE = 0.15  # of those, moving walks (3320): malls, stations
+ESCALATOR_SPEED_MPS = 0.5  # nominal speed (domain.md §1.5)
+#: lowest safe water level of steam boilers, mm against the normal level (drum design; TSG 11-2020)
+LOWEST_SAFE_LEVELS_MM = (-100.0, -120.0, -120.0, -120.0, -150.0)
 
 
 def steam_valve_setting(working_mpa: float) -> float:
@@ -97,6 +106,10 @@ def _firms(count: int) -> list[tuple[str, float]]:
 def generate_fleet(elevators: int, boilers: int, seed: int = 1, today: date | None = None) -> list[Unit]:
     """N elevators and M boilers over Guangzhou's 11 districts; same seed, same fleet."""
     rng = random.Random(seed)
+    # Separate generators for what issue 8 added (escalators, per-boiler limits), so the draws of
+    # the main generator, and with them every unit's other columns, are what they were before.
+    escalator_rng = random.Random(f"{seed}:escalators")
+    limits_rng = random.Random(f"{seed}:boiler-limits")
     today = today or date(2026, 11, 1)
     firms = _firms(max(3, min(48, elevators // 50 + 3)))
     firm_ids = [f for f, _ in firms]
@@ -159,15 +172,23 @@ def generate_fleet(elevators: int, boilers: int, seed: int = 1, today: date | No
                 if freight
                 else rng.choice((630, 800, 1000, 1050, 1350, 1600))
             )
+            rated_speed: float = 0.5 if freight else speed
+            rated_load: float | None = float(min(load, 1600))
+            stops = floors
+            if escalator_rng.random() < ESCALATOR_SHARE[btype]:
+                # escalator or moving walk: two landings, no car, so no rated load (GB 16899-2011)
+                walk = btype != "office" and escalator_rng.random() < MOVING_WALK_SHARE
+                type_code = "3320" if walk else "3310"
+                rated_speed, rated_load, stops = ESCALATOR_SPEED_MPS, None, 2
             units.append(
                 Unit(
                     device_id=reg_code(type_code, district, registered),
                     kind=Kind.elevator,
                     type_code=type_code,
                     key_site=key_site,
-                    rated_speed_mps=0.5 if freight else speed,
-                    rated_load_kg=float(min(load, 1600)),
-                    floors=floors,
+                    rated_speed_mps=rated_speed,
+                    rated_load_kg=rated_load,
+                    floors=stops,
                     registered_on=registered,
                     last_inspection=last,
                     next_inspection_due=due,
@@ -192,6 +213,7 @@ def generate_fleet(elevators: int, boilers: int, seed: int = 1, today: date | No
                 "type_code": "1100",
                 "capacity_tph": float(rng.choice((2, 4, 4, 6, 8, 10, 15, 20))),
                 "safety_valve_set_mpa": steam_valve_setting(pressure),
+                "lowest_safe_water_level_mm": limits_rng.choice(LOWEST_SAFE_LEVELS_MM),
             }
         else:
             pressure = rng.choice((0.7, 1.0, 1.0, 1.25))
@@ -199,6 +221,8 @@ def generate_fleet(elevators: int, boilers: int, seed: int = 1, today: date | No
                 "type_code": "1200",
                 "capacity_mw": rng.choice((0.7, 1.4, 2.8, 2.8, 4.2, 7.0)),
                 "safety_valve_set_mpa": hot_water_valve_setting(pressure),
+                # 95/70 °C on low-pressure systems, 115/70 °C from 1.0 MPa (domain.md §2.3)
+                "rated_outlet_temp_c": 115.0 if pressure >= 1.0 else 95.0,
             }
         units.append(
             Unit(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sesmon.contract.identity import INSPECTOR, OPERATOR, firm_username
 from simulators.common import TOPIC_ROOT, Msg, lognormal_s, utc_date
 from simulators.elevator import Elevator
+from simulators.escalator import Escalator
 
 if TYPE_CHECKING:
     from simulators.engine import FleetSim
@@ -117,7 +118,7 @@ class Humans:
         duration = int(self.rng.uniform(40, 100) * 60_000)
         if not sim.busy(dev_id):
             dev = sim.devices[dev_id]
-            if isinstance(dev, Elevator):
+            if isinstance(dev, Elevator | Escalator):
                 dev.start_maintenance(t, t + duration)
                 sim._wake(dev_id, t)
             self.report(

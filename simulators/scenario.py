@@ -9,6 +9,7 @@ same file can be published live (``sesmon simulate --scenario``) or rendered off
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,14 +18,19 @@ from typing import Any
 
 import yaml
 
+from rules.scenario_model import ScenarioDoc, ScenarioError, validate_scenario
+from sesmon.contract.gbt24476 import is_escalator
 from sesmon.contract.registry import Registry, Unit
 from sesmon.contract.schemas import Kind
+from simulators import boiler, elevator, escalator
 from simulators.common import Msg
 from simulators.engine import FleetSim, SimOptions
 from simulators.network import NetworkOptions
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 _DUR = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?")
+#: params a scenario may write as a duration without the ``_s`` (see ``Scenario._schedule``)
+_DURATION_PARAMS = ("auto_release", "detect", "duration")
 _UNIT_S = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -37,6 +43,31 @@ def seconds(value: Any) -> float:
     if not parts or "".join(m.group(0) for m in parts) != text:
         raise ValueError(f"bad duration {value!r} (use 30s, 5m, 2h, 1d, 9m10s)")
     return sum(float(m.group(1)) * _UNIT_S[m.group(2)] for m in parts)
+
+
+def fault_params() -> dict[str, frozenset[str]]:
+    """Every fault the models know, with the params a scenario may give it (for validation).
+
+    Taken from the models' ``_f_<fault>`` signatures, so a new fault or param needs no list kept
+    by hand; ``auto_release_s`` / ``detect_s`` may also be written as durations (``auto_release: 2m``).
+    """
+    found: dict[str, set[str]] = {}
+    models = ((elevator.Elevator, elevator.FAULTS), (escalator.Escalator, escalator.FAULTS),
+              (boiler.Boiler, boiler.FAULTS))  # fmt: skip
+    for model, faults in models:
+        for fault in faults:
+            keys = found.setdefault(fault, {"auto_release", "auto_release_s"})
+            handler = getattr(model, f"_f_{fault}", None)
+            if handler is None:
+                continue
+            for name, param in inspect.signature(handler).parameters.items():
+                if name in ("self", "t") or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                    continue
+                keys.add(name)
+                if name.removesuffix("_s") in _DURATION_PARAMS:
+                    keys.add(name.removesuffix("_s"))
+    found.setdefault("fouling", set()).add("rate_k_per_day")  # read by Boiler.inject itself
+    return {fault: frozenset(keys) for fault, keys in found.items()}
 
 
 @dataclass
@@ -86,11 +117,19 @@ class Scenario:
         return [by_id[d] for d in self.units if d in by_id]
 
     def resolve(self, device: str, units: list[Unit]) -> str:
-        """``elevator#0`` / ``boiler#1`` / ``steam#0`` → the n-th such unit; ids pass through."""
+        """``elevator#0`` / ``boiler#1`` / ``steam#0`` → the n-th such unit; ids pass through.
+
+        ``elevator#N`` is the N-th *lift*: escalators and moving walks (33xx) are elevator-kind
+        units too, but a lift fault (trapped, door faults) means nothing to them; they are
+        ``escalator#N``."""
         if "#" not in device:
             return device
         kind, _, idx = device.partition("#")
-        if kind == "steam":
+        if kind == "elevator":
+            pool = [u for u in units if u.kind == Kind.elevator and not is_escalator(u.type_code)]
+        elif kind == "escalator":
+            pool = [u for u in units if u.kind == Kind.elevator and is_escalator(u.type_code)]
+        elif kind == "steam":
             pool = [u for u in units if u.kind == Kind.boiler and u.steam]
         elif kind == "hotwater":
             pool = [u for u in units if u.kind == Kind.boiler and not u.steam]
@@ -144,7 +183,7 @@ class Scenario:
         params = dict(step.params)
         if "duration" in params:
             params["duration_s"] = seconds(params.pop("duration"))
-        for key in ("auto_release", "detect"):
+        for key in ("auto_release", "detect"):  # "duration" was done above
             if key in params:
                 params[f"{key}_s"] = seconds(params.pop(key))
         if step.action == "alert":
@@ -245,42 +284,52 @@ def _check_one(scen: Scenario, exp: dict[str, Any], msgs: list[Msg], units: list
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read a scenario YAML file (a bare name looks in simulators/scenarios/)."""
+    """Read and validate a scenario YAML file (a bare name looks in simulators/scenarios/).
+
+    Validation is the pydantic model of ``rules.scenario_model`` (``extra="forbid"``): a
+    misspelt key (``expcet:``, ``withn:``), an unknown fault or a param the fault does not take
+    is a :class:`ScenarioError` naming the file and the key, never an expectation that silently
+    checks nothing.
+    """
     p = Path(path)
     if not p.exists() and (SCENARIO_DIR / f"{path}.yaml").exists():
         p = SCENARIO_DIR / f"{path}.yaml"
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ScenarioError(p, [f"{p}: not YAML: {exc}"]) from None
     if not isinstance(data, dict):
-        raise ValueError(f"{p}: a scenario is a YAML mapping")
-    start = data.get("start")
+        raise ScenarioError(p, [f"{p}: a scenario is a YAML mapping"])
+    data.setdefault("name", p.stem)
+    doc = validate_scenario(data, p, faults=fault_params())
+    return _from_doc(doc, data, p)
+
+
+def _from_doc(doc: ScenarioDoc, data: dict[str, Any], p: Path) -> Scenario:
+    """The runnable scenario of a validated document (options and expectations as written)."""
     start_ms = None
-    if isinstance(start, datetime):
-        start_ms = int(start.timestamp() * 1000)
-    elif isinstance(start, str):
-        start_ms = int(datetime.fromisoformat(start).timestamp() * 1000)
-    steps = []
-    for raw in data.get("timeline", []) or []:
-        steps.append(
-            Step(
-                at_s=seconds(raw.get("at", 0)),
-                device=str(raw.get("device", "")),
-                fault=raw.get("fault"),
-                action=raw.get("action"),
-                params=dict(raw.get("params", {}) or {}),
-            )
-        )
+    if isinstance(doc.start, datetime):
+        start_ms = int(doc.start.timestamp() * 1000)
+    elif isinstance(doc.start, str):
+        start_ms = int(datetime.fromisoformat(doc.start).timestamp() * 1000)
+    steps = [
+        Step(at_s=seconds(step.at), device=step.device, fault=step.fault, action=step.action,
+             params=dict(step.params))
+        for step in doc.timeline
+    ]  # fmt: skip
     steps.sort(key=lambda s: s.at_s)
     return Scenario(
-        name=str(data.get("name", p.stem)),
-        description=str(data.get("description", "")),
-        seed=int(data.get("seed", 1)),
+        name=doc.name,
+        description=doc.description,
+        seed=doc.seed,
         start_ms=start_ms,
-        duration_s=seconds(data.get("duration", 600)),
-        units=data.get("units"),
-        fleet=data.get("fleet"),
+        duration_s=seconds(doc.duration),
+        units=doc.units,
+        fleet=doc.fleet.model_dump() if doc.fleet is not None else None,
+        # as written (only the keys given): build() applies the defaults and reads the network
         options=dict(data.get("options", {}) or {}),
         timeline=steps,
-        expect=list(data.get("expect", []) or []),
+        expect=[exp.model_dump(exclude_unset=True) for exp in doc.expect],
         path=p,
     )
 

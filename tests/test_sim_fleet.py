@@ -32,9 +32,14 @@ def test_fleet_is_plausible_guangzhou() -> None:
     assert 20 <= len(firms) <= 60  # a few dozen firms
     sizes = sorted(firms.values(), reverse=True)
     assert sizes[0] > 5 * sizes[-1]  # different sizes
-    assert all(1.0 <= (u.rated_speed_mps or 0) <= 4.0 or u.type_code == "3120" for u in elevators)
-    assert all(630 <= (u.rated_load_kg or 0) <= 1600 for u in elevators)
-    assert len({u.rated_speed_mps for u in elevators}) >= 4
+    lifts = [u for u in elevators if not u.type_code.startswith("33")]
+    escalators = [u for u in elevators if u.type_code in ("3310", "3320")]  # and moving walks
+    assert len(lifts) + len(escalators) == len(elevators)
+    assert 0.05 * len(elevators) <= len(escalators) <= 0.11 * len(elevators)
+    assert all(1.0 <= (u.rated_speed_mps or 0) <= 4.0 or u.type_code == "3120" for u in lifts)
+    assert all(630 <= (u.rated_load_kg or 0) <= 1600 for u in lifts)
+    assert all(u.rated_speed_mps == 0.5 and u.rated_load_kg is None and u.floors == 2 for u in escalators)
+    assert len({u.rated_speed_mps for u in lifts}) >= 4
     assert any(u.key_site for u in elevators) and any(not u.key_site for u in elevators)
     assert len({u.user_unit_id for u in units}) > 100
 
@@ -46,11 +51,13 @@ def test_boilers_rated_parameters_and_valves() -> None:
     assert steam and hot
     for b in steam:
         assert 2 <= (b.capacity_tph or 0) <= 20 and 1.25 <= (b.rated_pressure_mpa or 0) <= 2.5
+        assert b.lowest_safe_water_level_mm is not None and -150 <= b.lowest_safe_water_level_mm <= -100
         assert b.safety_valve_set_mpa == round(1.04 * b.rated_pressure_mpa, 3)  # type: ignore[operator]
         assert b.steam
     for b in hot:
         assert b.capacity_mw and b.capacity_tph is None and not b.steam
         assert b.safety_valve_set_mpa >= b.rated_pressure_mpa + 0.07 - 1e-9  # type: ignore[operator]
+        assert b.rated_outlet_temp_c == (115.0 if (b.rated_pressure_mpa or 0) >= 1.0 else 95.0)
     assert steam_valve_setting(0.7) == 0.73 and steam_valve_setting(1.25) == 1.3
     assert hot_water_valve_setting(0.5) == 0.57 and hot_water_valve_setting(1.25) == 1.375
 

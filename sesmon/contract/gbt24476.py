@@ -21,6 +21,16 @@ CST = LOCAL_TZ
 #: serviceMode code -> canonical mode name, and back (GB/T 24476 service modes)
 MODE_NAMES: dict[int, str] = {code: mode.value for code, mode in MODE_CODES.items()}
 MODE_CODE: dict[str, int] = {name: code for code, name in MODE_NAMES.items()}
+#: an escalator's serviceMode has its own, shorter list: 0 stop, 1 normal, 2 inspection, 3 unknown
+#: (domain.md §1.2) — 3 is *not* fire recall there
+ESCALATOR_MODE_NAMES: dict[int, str] = {0: "out_of_service", 1: "normal", 2: "inspection", 3: "unknown"}
+ESCALATOR_MODE_CODE: dict[str, int] = {name: code for code, name in ESCALATOR_MODE_NAMES.items()}
+
+
+def is_escalator(type_code: str) -> bool:
+    """Escalator (3310) or moving walk (3320): type codes 33xx of the 目录 (domain.md §1.1)."""
+    return type_code.startswith("33")
+
 
 DIRECTION = {0: "none", 1: "up", 2: "down"}
 DIRECTION_CODE = {v: k for k, v in DIRECTION.items()}
@@ -48,7 +58,16 @@ LIST_A: dict[int, tuple[str, dict[str, Any]]] = {
     91: ("overtravel_bottom", {}),
     92: ("overtravel_top", {}),
     93: ("trapped", {"in_door_zone": True}),
+    # escalators and moving walks (provincial schema 61–65, domain.md §1.3); the names are the
+    # events the catalogue's rules listen to (safety circuit and restart prevention are shared with lifts)
+    61: ("safety_circuit_open", {}),
+    62: ("overspeed", {}),
+    63: ("reversal", {}),
+    64: ("missing_step", {}),
+    65: ("restart_prevention_fault", {}),
 }
+#: escalator codes of list A (61–65): only escalators and moving walks send them
+ESCALATOR_CODES = frozenset({61, 62, 63, 64, 65})
 # list A 40, 42–47 are service-mode changes, not faults: mapped to a telemetry message
 LIST_A_MODES = {40: "normal", 42: "out_of_service", 43: "inspection", 44: "fire_recall",
                 45: "firefighter", 46: "emergency_power", 47: "earthquake"}  # fmt: skip
@@ -94,4 +113,6 @@ TO_VENDOR: dict[str, tuple[int, int]] = {
     "alarm_button": (1, 90),
     "overspeed": (2, 3),
     "door_open_while_running": (2, 4),
+    "reversal": (1, 63),
+    "missing_step": (1, 64),
 }
