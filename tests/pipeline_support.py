@@ -11,24 +11,30 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from sesmon.app.demo import Stage, wait_for_ingest
-from sesmon.contract.registry import Registry
-from sesmon.runtime.kafka import ensure_topics
+from sesmon.contract.registry import Registry, Unit
+from sesmon.runtime.kafka import client_config, ensure_topics, make_reader
 from sesmon.runtime.settings import Settings
+from streams.app import DEVICE_STREAMS
 
 
 class AlertInbox:
     """An MQTT subscriber (default sesmon/v1/alerts/#) that keeps (topic, decoded payload) pairs."""
 
-    def __init__(self, settings: Settings, pattern: str = "sesmon/v1/alerts/#") -> None:
+    def __init__(self, settings: Settings, pattern: str = "sesmon/v1/alerts/#", timeout: float = 30) -> None:
         self.items: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
+        subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-inbox-{id(self)}")
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect(*settings.mqtt_host_port)
         self.client.subscribe(pattern, qos=1)
         self.client.loop_start()
+        # an alert published before the SUBACK would never reach us: return only once subscribed
+        assert subscribed.wait(timeout), f"no SUBACK for {pattern} within {timeout} s"
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
@@ -45,6 +51,92 @@ class AlertInbox:
                 return True
             time.sleep(0.2)
         return bool(predicate(self))
+
+
+def end_offsets(settings: Settings, streams: list[str], timeout: float = 30) -> dict[tuple[str, int], int]:
+    """Each partition's end, found by reading it to the end: Tansu's ListOffsets is wrong (stack.md K1)."""
+    reader = make_reader(settings, streams, **{"enable.partition.eof": True})
+    pending = {(tp.topic, tp.partition) for tp in reader.assignment()}
+    ends: dict[tuple[str, int], int] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while pending:
+            assert time.monotonic() < deadline, f"partitions {pending} not read to their end in {timeout} s"
+            for record in reader.consume(5000, 0.5):
+                error = record.error()
+                if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                    ends[(record.topic(), record.partition())] = record.offset()
+                    pending.discard((record.topic(), record.partition()))
+    finally:
+        reader.close()
+    return ends
+
+
+def wait_caught_up(settings: Settings, group: str, streams: list[str], timeout: float = 90) -> None:
+    """Wait until consumer group ``group`` has committed every record ``streams`` hold now.
+
+    The worker commits only after its producer flushed what the records caused (Faust), and the
+    alerts stage only past records whose every page the broker acknowledged: once caught up, a
+    stage has nothing left to emit for what came before.
+    """
+    ends = end_offsets(settings, streams)
+    asker = Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False}))
+    deadline = time.monotonic() + timeout
+    behind: dict[tuple[str, int], tuple[int, int]] = {}
+    try:
+        while time.monotonic() < deadline:
+            committed = asker.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
+            behind = {
+                (tp.topic, tp.partition): (tp.offset, ends[(tp.topic, tp.partition)])
+                for tp in committed
+                if ends[(tp.topic, tp.partition)] > 0 and tp.offset < ends[(tp.topic, tp.partition)]
+            }
+            if not behind:
+                return
+            time.sleep(0.2)
+    finally:
+        asker.close()
+    raise AssertionError(f"group {group} not caught up in {timeout} s: (committed, end) {behind}")
+
+
+def wait_ingested(settings: Settings, published: int, timeout: float = 60) -> None:
+    """Wait until the ingest bridge has put all ``published`` MQTT messages in Kafka (or dead-letters)."""
+
+    from tests.conftest import drain  # conftest imports this module: not at the top
+
+    def done(records: list[Any]) -> bool:
+        stats = (orjson.loads(r.value()) for r in records)
+        return any(
+            s.get("stage") == "ingest" and s.get("produced", 0) + s.get("dead_lettered", 0) >= published
+            for s in stats
+        )
+
+    assert done(drain(settings, ["pipeline"], done, timeout=timeout)), f"{published} messages not ingested"
+
+
+def settle_alerts(
+    settings: Settings, inbox: AlertInbox, client: mqtt.Client, published: int, marker: Unit
+) -> None:
+    """Prove that no page is still coming for the ``published`` messages, instead of sleeping.
+
+    Ingest took them all; the worker committed past them (it flushes its alerts first); the
+    alerts stage committed past every alert (each page acknowledged by the broker). Then a
+    marker alert goes through the same path: the alerts stage publishes its page on the same
+    connection after every earlier page, so once the inbox has it, it has all of those.
+    """
+    from tests.conftest import publish_all  # conftest imports this module: not at the top
+
+    wait_ingested(settings, published)
+    wait_caught_up(settings, settings.faust_app_id, list(DEVICE_STREAMS))
+    wait_caught_up(settings, f"{settings.topic_prefix}-alerts", ["alerts", "hazards"])
+    event = {"device_id": marker.device_id, "ts": int(time.time() * 1000), "seq": 1, "code": "trapped"}
+    publish_all(
+        client,
+        [(f"sesmon/v1/elevator/{marker.device_id}/event", orjson.dumps(event | {"state": "occur"}))],
+    )
+    assert inbox.wait(lambda box: any(a["device_id"] == marker.device_id for _, a in box.firing()), 90), (
+        "the marker alert did not arrive"
+    )
 
 
 def stage_env(settings: Settings, registry: Registry) -> dict[str, str]:

@@ -20,7 +20,14 @@ from sesmon.app.demo import Stage
 from sesmon.contract.registry import Registry
 from sesmon.runtime.settings import Settings
 from tests.conftest import drain, mqtt_client, publish_all, reading
-from tests.pipeline_support import AlertInbox, stage_env, start_stages, stop_stages
+from tests.pipeline_support import (
+    AlertInbox,
+    settle_alerts,
+    stage_env,
+    start_stages,
+    stop_stages,
+    wait_caught_up,
+)
 
 RULE = "elevator.stopped_outside_door_zone"
 
@@ -50,7 +57,7 @@ def evaluated(settings: Settings, at_least: int, timeout: float = 60) -> bool:
 def test_worker_killed_mid_duration_keeps_state_and_pages_once(
     settings: Settings, fleet_registry: Registry, tmp_path: Path
 ) -> None:
-    unit = next(u for u in fleet_registry if u.kind == "elevator" and u.in_use)
+    unit, marker = [u for u in fleet_registry if u.kind == "elevator" and u.in_use][:2]
     stages = start_stages(settings, fleet_registry, tmp_path / "logs")
     inbox = AlertInbox(settings)
     client = mqtt_client(settings)
@@ -60,7 +67,7 @@ def test_worker_killed_mid_duration_keeps_state_and_pages_once(
         publish_all(client, first_half)
         # the worker evaluates and commits (commit interval 1 s) before it is killed
         assert evaluated(settings, len(first_half))
-        time.sleep(2.5)
+        wait_caught_up(settings, settings.faust_app_id, ["telemetry"])
         worker = stages["worker"]
         assert worker.proc is not None
         os.killpg(worker.proc.pid, signal.SIGKILL)
@@ -95,7 +102,9 @@ def test_worker_killed_mid_duration_keeps_state_and_pages_once(
             return any(a["state"] == "firing" for a in mine) and any(a["state"] == "resolved" for a in mine)
 
         assert inbox.wait(fired_and_cleared, 90), [a["rule"] for _, a in inbox.items]
-        time.sleep(3)
+        # a marker alert through the same path: any repeated page would have arrived before it
+        published = len(first_half) + len(second_half) + len(resume)
+        settle_alerts(settings, inbox, client, published, marker)
         mine = [(t, a) for t, a in inbox.items if a["device_id"] == unit.device_id and a["rule"] == RULE]
         firing = [(t, a) for t, a in mine if a["state"] == "firing"]
         assert {a["alert_id"] for _, a in mine} == {firing[0][1]["alert_id"]}  # one alert, same id on clear

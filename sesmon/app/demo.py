@@ -124,7 +124,12 @@ def run_demo(
 
         # the simulated 96333 centre logs in as `operator`; `operator-2` is a desk left for a person
         credentials = write_credentials(Registry.load(registry_path), data_dir / "mqtt", operators=2)
-    services = EmbeddedServices(data_dir / "servers", mqtt_port=mqtt_port, secure=credentials)
+    services = EmbeddedServices(
+        data_dir / "servers",
+        mqtt_port=mqtt_port,
+        secure=credentials,
+        mqtt_autosave_changes=Settings().mqtt_autosave_changes,
+    )
     supervisor: Supervisor | None = None
     events: deque[StageEvent] = deque()
     feed: BoardFeed | None = None

@@ -114,13 +114,16 @@ def mosquitto_path() -> str | None:
     )
 
 
-def mosquitto_conf(port: int, workdir: Path, secure: Any = None, bind: str = "127.0.0.1") -> str:
+def mosquitto_conf(
+    port: int, workdir: Path, secure: Any = None, bind: str = "127.0.0.1", autosave_changes: int = 1
+) -> str:
     """Mosquitto's config: durable (persistence saved on every change) and, when asked, locked down.
 
     Persistence: a broker restart must not lose what it acknowledged (a SIGTERM writes the
     store; ``autosave_on_changes`` with interval 1 bounds what a SIGKILL can lose).
     ``user root`` keeps mosquitto from switching to a ``mosquitto`` user that could not read
-    the state dir and the 0600 credential files it is handed here.
+    the state dir and the 0600 credential files it is handed here. ``autosave_changes`` trades
+    what a SIGKILL can lose for throughput (README, bench/broker_kill.py).
     """
     store = workdir / "mosquitto-data"
     store.mkdir(parents=True, exist_ok=True)
@@ -130,7 +133,7 @@ def mosquitto_conf(port: int, workdir: Path, secure: Any = None, bind: str = "12
         "persistence true",
         f"persistence_location {store}/",
         "autosave_on_changes true",
-        "autosave_interval 1",
+        f"autosave_interval {autosave_changes}",
         # the ingest bridge acks only after Kafka took the record: give it a wide window
         "max_inflight_messages 1000",
         "max_queued_messages 1000000",
@@ -149,7 +152,11 @@ def mosquitto_conf(port: int, workdir: Path, secure: Any = None, bind: str = "12
 
 
 def start_mqtt(
-    workdir: Path, port: int | None = None, prefer: str = "mosquitto", secure: Any = None
+    workdir: Path,
+    port: int | None = None,
+    prefer: str = "mosquitto",
+    secure: Any = None,
+    autosave_changes: int = 1,
 ) -> ManagedProcess:
     """Mosquitto when installed, else amqtt (MQTT 3.1.1 only, about 4x slower, anonymous only).
 
@@ -160,7 +167,7 @@ def start_mqtt(
     binary = mosquitto_path() if prefer == "mosquitto" else None
     if binary:
         conf = workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(port, workdir, secure))
+        conf.write_text(mosquitto_conf(port, workdir, secure, autosave_changes=autosave_changes))
         return ManagedProcess(
             "mosquitto", [binary, "-c", str(conf)], workdir / "mosquitto.log", port=port
         ).start()
@@ -244,6 +251,8 @@ class EmbeddedServices:
     with_influx: bool = False
     #: ``sesmon.runtime.broker_auth.BrokerCredentials``: start MQTT with passwords and an ACL (``--secure``)
     secure: Any = None
+    #: mosquitto's ``autosave_interval`` (changes between saves; Settings.mqtt_autosave_changes)
+    mqtt_autosave_changes: int = 1
     processes: list[ManagedProcess] = field(default_factory=list)
     mqtt: ManagedProcess | None = None
     kafka: ManagedProcess | None = None
@@ -251,10 +260,9 @@ class EmbeddedServices:
 
     def start(self) -> EmbeddedServices:
         try:
-            if self.secure is not None:
-                self.mqtt = start_mqtt(self.workdir, self.mqtt_port, secure=self.secure)
-            else:
-                self.mqtt = start_mqtt(self.workdir, self.mqtt_port)
+            self.mqtt = start_mqtt(
+                self.workdir, self.mqtt_port, secure=self.secure, autosave_changes=self.mqtt_autosave_changes
+            )
             self.processes.append(self.mqtt)
             self.kafka = start_kafka(self.workdir)
             self.processes.append(self.kafka)
