@@ -44,7 +44,7 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ingest.vendor import MALFORMED, VENDOR_ROOT, VendorError, vendor_to_canonical
 from sesmon.contract.identity import dispatch_refusal, principal_of, report_refusal
@@ -177,17 +177,47 @@ class IngestBridge:
         self._delivered_total = 0  # successful deliveries, for the stall checks
         self._epoch_mark: tuple[int, int] | None = None  # (producer epoch, deliveries) when last delivered
         self._last_delivery = time.monotonic()
-        self.producer = make_producer(
-            settings,
-            error_cb=self._on_kafka_error,
-            stats_cb=self._on_kafka_stats,
-            **{"statistics.interval.ms": KAFKA_STATS_EVERY_MS, **(producer_config or {})},
-        )
+        self._producer_config = producer_config or {}
+        self._fenced = False  # set by a delivery report, acted on by the poll thread
+        self._retired: list[Producer] = []  # fenced producers still owing delivery reports
+        self.producer = self._new_producer()
         self.topics = {name: settings.topic(stream) for name, stream in STREAM_OF.items()}
         self.deadletter_topic = settings.topic("deadletter")
         self.client = self._make_client()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
         self.health.watch_thread("kafka-poll", self._poller)
+
+    def _new_producer(self) -> Producer:
+        return make_producer(
+            self.settings,
+            error_cb=self._on_kafka_error,
+            stats_cb=self._on_kafka_stats,
+            **{"statistics.interval.ms": KAFKA_STATS_EVERY_MS, **self._producer_config},
+        )
+
+    def _replace_fenced_producer(self) -> None:
+        """Poll thread: a fenced idempotent producer never delivers again; swap in a new one.
+
+        Seen on Tansu under load: deliveries timed out, librdkafka bumped its epoch, and every
+        later produce came back PRODUCER_FENCED (not fatal to librdkafka) -- a livelock with the
+        process up. The new producer gets a fresh producer id; the old one's queue is purged, so
+        its records come back through ``_delivered`` as errors and go to the retry queue.
+        """
+        self._fenced = False
+        old, self.producer = self.producer, self._new_producer()
+        self._epoch_mark = None
+        log.warning("Kafka fenced our producer; replacing it, %d records go to the retry queue", len(old))
+        self._retired.append(old)
+        self._drain_retired()
+        self.counters["producer_replaced"] += 1
+
+    def _drain_retired(self) -> None:
+        """Poll thread: purge replaced producers until empty (a paho produce may still race in)."""
+        for old in list(self._retired):
+            old.purge()
+            old.poll(0)
+            if len(old) == 0:
+                self._retired.remove(old)
 
     # ------------------------------------------------------------------ MQTT side
     def _make_client(self) -> mqtt.Client:
@@ -496,6 +526,8 @@ class IngestBridge:
             if err.fatal():
                 self._fatal(f"Kafka delivery failed with fatal error {err.name()}: {err.str()}")
                 return
+            if err.code() == KafkaError._FENCED or err.code() == KafkaError.PRODUCER_FENCED:
+                self._fenced = True  # the poll thread replaces the producer; this record is retried
             if self._stop.is_set():
                 self._release()  # dying: the MQTT ack stays owed and the broker will redeliver
                 return
@@ -622,6 +654,10 @@ class IngestBridge:
                     return
                 self.counters["kafka_client_errors"] += 1
                 log.error("Kafka poll: %s", exc)
+            if self._fenced:
+                self._replace_fenced_producer()
+            if self._retired:
+                self._drain_retired()
             self._drain_retries()
             now = time.monotonic()
             if self._stop.is_set():

@@ -265,6 +265,11 @@ def test_failed_deliveries_are_retried_from_the_poll_thread(
     publish_all(client, [reading(elevator, i, NOW + i) for i in range(40)])
     assert bridge.wait_until(lambda b: b.counters["kafka_errors"] >= 40, 60)
     assert bridge.counters["produced"] == 0 and bridge.dead_parts() == []
+    # as a PRODUCER_FENCED delivery report does (Tansu under load): the poll thread swaps producers
+    old_producer = bridge.producer
+    bridge._fenced = True
+    assert bridge.wait_until(lambda b: b.counters["producer_replaced"] == 1, 30)
+    assert bridge.producer is not old_producer
     kafka = start_kafka(tmp_path / "tansu", port=port)
     try:
         assert bridge.wait_until(lambda b: b.counters["produced"] == 40, 60), bridge.snapshot()
