@@ -129,7 +129,11 @@ class RuleEngine:
         if not st.first_ts:
             st.first_ts = ts
         mx = st.max_ts
-        if ts > mx and not (typ == "status" and envelope["body"].get("lwt")):  # a Last Will has server time
+        lwt = typ == "status" and envelope["body"].get("lwt")  # a Last Will has server time, no seq
+        seq = envelope.get("seq")
+        if seq is not None and seq >= 0 and not lwt:
+            reorder.note_seq(st, seq, ts)
+        if ts > mx and not lwt:
             if mx and ts > mx + cfg.timeout_ms and cfg.deadman is not None and cfg.record_gaps:
                 deadman.gap(cfg, st, ts, ctx, out)
             st.max_ts = mx = ts
@@ -152,8 +156,12 @@ class RuleEngine:
             deadman.on_status(cfg, st, envelope, ctx, out)
         buf = st.reorder
         limit = mx - cfg.lateness_ms
-        while buf and buf[0][0] <= limit:  # reorder.release, inline: the hot path
+        seq_next = st.seq_next
+        while buf and (buf[0][0] <= limit or buf[0][1] < seq_next):  # reorder.release, inline
             rts, rseq, body = buf.pop(0)
+            if rseq >= seq_next:
+                reorder.skip_gap(st, rseq)
+                seq_next = st.seq_next
             st.watermark_ts = rts
             st.watermark_seq = rseq
             evaluate(cfg, st, rts, rseq, body, ctx, out)

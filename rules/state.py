@@ -95,6 +95,8 @@ class UnitState:
         "rate_anchors",
         "reorder",
         "resolved_at",
+        "seq_ahead",
+        "seq_next",
         "values",
         "watermark_seq",
         "watermark_ts",
@@ -110,6 +112,8 @@ class UnitState:
         self.last_rx = 0  # last receive (processing) time
         self.first_ts = 0  # first device ts seen
         self.reorder: list[tuple[int, int, dict[str, Any]]] = []  # (ts, seq, body) sorted, not yet evaluated
+        self.seq_next = 0  # lowest device seq not seen yet (0: none seen): the sequence has no gap below it
+        self.seq_ahead: list[int] = []  # seqs seen beyond a gap, sorted (bounded: see reorder.note_seq)
         # ---- telemetry and conditions
         self.values: dict[str, Any] = {}  # merged telemetry (sample-and-hold), plus ts/seq and derived values
         self.mode: str | None = None  # newest elevator service mode on arrival (events are not buffered)
@@ -149,6 +153,8 @@ class UnitState:
             "rx": self.last_rx,
             "fs": self.first_ts,
             "b": [[ts, seq, body] for ts, seq, body in self.reorder],
+            "sn": self.seq_next,
+            "sa": self.seq_ahead,
             "val": self.values,
             "md": [self.mode_ts, self.mode] if self.mode is not None else None,
             "rt": {k: [t, x] for k, (t, x) in self.rate_anchors.items()},
@@ -190,6 +196,7 @@ def _from_v2(data: dict[str, Any]) -> UnitState:
     st.max_ts, st.watermark_ts, st.watermark_seq = data["mx"], data["wm"], data["ws"]
     st.last_rx, st.first_ts = data["rx"], data["fs"]
     st.reorder = [(ts, seq, body) for ts, seq, body in data["b"]]
+    st.seq_next, st.seq_ahead = data.get("sn", 0), data.get("sa", [])
     st.values = data["val"]
     md = data.get("md")
     if md is not None:

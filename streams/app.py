@@ -23,24 +23,26 @@ the new topics from the beginning.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 import time
-import weakref
 from collections import Counter
 from typing import Any
 
 import faust
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
-from faust.streams import _current_event  # see evaluate(): RocksDB needs it set
 
 from rules import RuleEngine
+from sesmon.contract.groups import envelopes_of
 from sesmon.contract.registry import Registry
 from sesmon.runtime.health import Health, fatal
-from sesmon.runtime.kafka import client_config, dumps, ensure_topics, loads, stats_record
+from sesmon.runtime.kafka import client_config, dumps, ensure_topics, stats_record
 from sesmon.runtime.settings import Settings
+
+from .unit_cache import UnitCache
 
 log = logging.getLogger("sesmon.streams")
 
@@ -228,60 +230,105 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             ]
             await deadletter_topic.send(key=device_id.encode(), value=raw, headers=headers)
 
+    cache = UnitCache(state_table, settings.worker_cache_units)
+    lock = asyncio.Lock()  # a batch and a checkpoint never interleave
+    pending: list[Any] = []  # input events evaluated but not yet acked (acked at the next checkpoint)
+    generation = [0]  # bumped by a rebalance: a batch in flight from before it is abandoned
+    stream_holder: list[Any] = []
+    last_checkpoint = [time.monotonic()]
+
+    async def checkpoint() -> None:
+        """Write the units changed since the last checkpoint, then ack their input (lock held)."""
+        written = cache.flush()
+        stream = stream_holder[0] if stream_holder else None
+        if stream is not None:
+            for event in pending:
+                await stream.ack(event)
+        counters["state_writes"] += written
+        counters["checkpoints"] += 1
+        pending.clear()
+        last_checkpoint[0] = time.monotonic()
+
+    async def evaluate_envelope(env: dict[str, Any], event: Any) -> None:
+        device_id = env.get("device_id")
+        if not device_id or not isinstance(device_id, str):  # ingest gives every device message its unit
+            counters["skipped_no_device"] += 1
+            return
+        note_presence(device_id, env)
+        state = cache.get(device_id, event)
+        unit = registry.get(device_id) if registry is not None else None
+        try:
+            if env.get("type") == "tick":
+                ticks_in_flight.discard(device_id)
+                out = engine.tick(state, int(env["now_ms"]), unit)
+            else:
+                out = engine.process(state, env, unit)
+        except Exception:
+            # a rule bug must not stop the city's monitoring: count it, record it, go on
+            counters["rule_errors"] += 1
+            log.exception("rules failed on %s", env.get("mqtt_topic"))
+            return
+        if out.state:  # the engine may change the state in place: always mark it changed
+            cache.put(device_id, out.state, event)
+            due_index[device_id] = engine.next_due(out.state)
+        counters["ticks_processed" if env.get("type") == "tick" else "processed"] += 1
+        if out.rejected:
+            await dead_letter_rejections(out, env, device_id, dumps(env))
+        if out.alerts or out.hazards or out.late or out.late_dropped:
+            await emit(out)
+
     @app.agent(device_topic, name="sesmon-evaluate")
     async def evaluate(stream: Any) -> None:
-        """Evaluate in batches: Faust's per-event cost dominates (stack.md), and a batch writes
-        each unit's state once. Offsets are acked only after the batch is done (at-least-once).
+        """Evaluate batches of records; each record from ingest carries many readings.
 
-        RocksDB tables need a *current event* to pick the partition of a read or write, which
-        ``take_events`` does not set; we set Faust's context variable by hand to the unit's own
-        event (a unit's messages all share its partition, being keyed by device_id), and only
-        in this task's context: the stream's own attribute belongs to its background reader.
+        Acks are manual (``noack_take``): a batch's records are acked at the checkpoint that
+        writes the states they changed (see streams/unit_cache.py), never before.
         """
-        async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
-            states: dict[str, tuple[dict[str, Any], Any]] = {}
-            for event in events:
-                try:
-                    env = loads(event.value)
-                except ValueError:
-                    counters["undecodable"] += 1  # ingest validated it; only a foreign producer gets here
+        stream_holder[:] = [stream]
+        async for events in stream.noack_take(settings.worker_batch_max, settings.worker_batch_within_s):
+            async with lock:
+                gen = generation[0]
+                for event in events:
+                    try:
+                        envelopes = envelopes_of(event.value)
+                    except ValueError:
+                        counters["undecodable"] += 1  # ingest validated it; only a foreign producer gets here
+                        envelopes = []
+                    for env in envelopes:
+                        await evaluate_envelope(env, event)
+                        if generation[0] != gen:
+                            break  # a rebalance: the cache was dropped, the new owner starts over
+                    if generation[0] != gen:
+                        break
+                    counters["records"] += 1
+                if generation[0] != gen:
+                    counters["batches_abandoned"] += 1
                     continue
-                device_id = env.get("device_id")
-                if not device_id:  # ingest gives every device-bound message its unit
-                    counters["skipped_no_device"] += 1
-                    continue
-                note_presence(device_id, env)
-                token = _current_event.set(weakref.ref(event))
-                state = states[device_id][0] if device_id in states else state_table.get(device_id)
-                _current_event.reset(token)
-                unit = registry.get(device_id) if registry is not None else None
-                try:
-                    if env.get("type") == "tick":
-                        ticks_in_flight.discard(device_id)
-                        out = engine.tick(state, int(env["now_ms"]), unit)
-                    else:
-                        out = engine.process(state, env, unit)
-                except Exception:
-                    # a rule bug must not stop the city's monitoring: count it, record it, go on
-                    counters["rule_errors"] += 1
-                    log.exception("rules failed on %s", env.get("mqtt_topic"))
-                    continue
-                if out.state:  # the engine may change the dict in place: always write it back
-                    states[device_id] = (out.state, event)
-                await dead_letter_rejections(out, env, device_id, event.value)
-                counters["ticks_processed" if env.get("type") == "tick" else "processed"] += 1
-                if env.get("received_ms"):
-                    counters["lag_ms_last"] = int(time.time() * 1000) - int(env["received_ms"])
-                await emit(out)
-            for device_id, (state, event) in states.items():
-                token = _current_event.set(weakref.ref(event))
-                state_table[device_id] = state
-                _current_event.reset(token)
-                due_index[device_id] = engine.next_due(state)
-            for event in events:  # in order within a partition: the last one wins
-                next_offset[(event.message.topic, event.message.partition)] = event.message.offset + 1
-            counters["batches"] += 1
-            health.progress()
+                pending.extend(events)
+                for event in events:  # in order within a partition: the last one wins
+                    next_offset[(event.message.topic, event.message.partition)] = event.message.offset + 1
+                counters["batches"] += 1
+                health.progress()
+                if time.monotonic() - last_checkpoint[0] >= settings.worker_checkpoint_s:
+                    await checkpoint()
+
+    @app.timer(interval=1.0)
+    async def checkpoint_when_quiet() -> None:
+        """Input that stops still gets its state written and its offsets acked."""
+        if pending and time.monotonic() - last_checkpoint[0] >= settings.worker_checkpoint_s:
+            async with lock:
+                if pending:
+                    await checkpoint()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(_app: Any, revoked: Any = None, **_kw: Any) -> None:
+        """Faust forgets its unacked offsets of a revoked partition and resumes from the commit:
+        drop the cache and the pending acks with them (see streams/unit_cache.py)."""
+        generation[0] += 1
+        async with lock:
+            cache.clear()
+            pending.clear()
+            counters["rebalances"] += 1
 
     @app.timer(interval=settings.deadman_check_every_s)
     async def deadman() -> None:
@@ -295,7 +342,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         if now_ms >= index_rebuild_at[0]:
             index_rebuild_at[0] = now_ms + 60_000
             ticks_in_flight.clear()  # a tick lost to a rebalance must not silence a unit for good
-            for device_id, state in list(state_table.items()):
+            for device_id, state in [*state_table.items(), *cache.states().items()]:  # newest last
                 try:
                     due_index[device_id] = engine.next_due(state)
                 except Exception:

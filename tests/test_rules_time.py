@@ -205,3 +205,54 @@ def test_offline_unit_does_not_mature_dependent_durations() -> None:
     run.feed(status(E, "E1", 5, "offline"))
     run.tick(run.last_rx + 600_000)  # the door-open timer must not run on while nothing is known
     assert [t for t in run.transitions() if t[0] != "offline"] == []
+
+
+OPEN_RUNNING = dict(moving=True, door="open", door_zone=False, speed_mps=1.0, occupied=True)
+QUIET = dict(moving=True, door="closed", door_zone=False, speed_mps=1.0, occupied=True)  # running, doors shut
+
+
+def test_in_sequence_readings_are_evaluated_on_arrival() -> None:
+    """Once a gap-free seq is known, a reading that continues it is evaluated at once, and an
+    instantaneous alert fires from that very reading, not a lateness bound later."""
+    run = Run(ENGINE, elevator()).feed(tele(E, "E1", 0, 1, **QUIET), tele(E, "E1", 1, 2, **QUIET))
+    assert sum(o.evaluated for o in run.outcomes) == 0  # a new unit's first readings wait out the bound once
+    run.feed(tele(E, "E1", 11, 3, **QUIET))  # the bound releases 1 and 2; the mark is known from here
+    assert sum(o.evaluated for o in run.outcomes) == 3  # ... and 3 is in sequence: evaluated on arrival
+    run.feed(tele(E, "E1", 12, 4, **OPEN_RUNNING))
+    assert run.outcomes[-1].evaluated == 1
+    assert run.transitions() == [("elevator.door_open_while_running", "firing")]
+
+
+def test_a_gap_in_seq_holds_readings_until_it_is_filled() -> None:
+    run = Run(ENGINE, elevator()).feed(*(tele(E, "E1", t, t + 1, **QUIET) for t in range(12)))
+    before = sum(o.evaluated for o in run.outcomes)
+    assert before == 12
+    run.feed(tele(E, "E1", 14, 15, **OPEN_RUNNING))  # 13 and 14 missing: wait
+    assert run.outcomes[-1].evaluated == 0 and run.alerts == []
+    run.feed(event(E, "E1", 12.5, 13, "alarm_button"))  # seq counts events too
+    assert run.outcomes[-1].evaluated == 0
+    run.feed(tele(E, "E1", 13, 14, **QUIET))  # the gap is filled: 14 and 15 go, in order
+    assert run.outcomes[-1].evaluated == 2
+    assert ("elevator.door_open_while_running", "firing") in run.transitions()
+
+
+def test_a_gap_never_filled_waits_only_the_lateness_bound() -> None:
+    run = Run(ENGINE, elevator()).feed(*(tele(E, "E1", t, t + 1, **QUIET) for t in range(12)))
+    run.feed(tele(E, "E1", 14, 20, **OPEN_RUNNING))  # seq 13..19 lost for good
+    run.feed(tele(E, "E1", 15, 21, **QUIET))
+    assert run.alerts == [] and len(run.state.reorder) == 2
+    run.feed(tele(E, "E1", 14 + BOUND / 1000, 22, **QUIET))  # the bound releases 20, then 21 and 22 follow
+    assert run.state.reorder == [] and ("elevator.door_open_while_running", "firing") in run.transitions()
+    run.feed(tele(E, "E1", 25, 23, **QUIET))  # and the sequence is known again
+    assert run.outcomes[-1].evaluated == 1
+
+
+def test_a_device_that_restarts_its_count_is_not_held_forever() -> None:
+    run = Run(ENGINE, elevator()).feed(*(tele(E, "E1", t, 500 + t, **QUIET) for t in range(12)))
+    assert run.state.seq_next == 512
+    run.feed(tele(E, "E1", 30, 1, **QUIET))  # rebooted: seq from 1, time newer than anything seen
+    assert run.state.seq_next == 0 and run.outcomes[-1].evaluated == 0  # unknown again: waits the bound
+    run.feed(tele(E, "E1", 41, 2, **QUIET))  # the bound lets 1 go, and 2 follows in sequence
+    assert run.state.seq_next == 3 and run.outcomes[-1].evaluated == 2
+    run.feed(tele(E, "E1", 42, 3, **QUIET))
+    assert run.outcomes[-1].evaluated == 1

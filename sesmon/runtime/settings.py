@@ -67,7 +67,11 @@ class Settings(BaseSettings):
     offline_after_heartbeats: int = 3
     deadman_check_every_s: float = 2.0  # sweep of due ticks (in-memory index: cheap)
     faust_app_id: str = "sesmon-streams"
-    worker_batch_max: int = 1000  # messages evaluated per batch (one state write per unit per batch)
+    worker_batch_max: int = 200  # Kafka records taken per batch (a record from ingest carries many readings)
+    # units' state is written to the table (and input offsets acked) at most this often; a crash
+    # re-evaluates at most this much input from the last commit (alert ids are deterministic)
+    worker_checkpoint_s: float = 5.0
+    worker_cache_units: int = 500_000  # units' decoded state kept in memory (clean ones forgotten past it)
     worker_batch_within_s: float = 0.1  # a partial batch waits at most this long
     worker_stall_after_s: float = 30.0  # records waiting and no batch done this long: reported as stalled
     worker_stall_exit_s: float = 180.0  # ... this long: exit (status 70) to be restarted; 0 = never
