@@ -233,7 +233,6 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
     cache = UnitCache(state_table, settings.worker_cache_units)
     lock = asyncio.Lock()  # a batch and a checkpoint never interleave
     pending: list[Any] = []  # input events evaluated but not yet acked (acked at the next checkpoint)
-    generation = [0]  # bumped by a rebalance: a batch in flight from before it is abandoned
     stream_holder: list[Any] = []
     last_checkpoint = [time.monotonic()]
 
@@ -286,8 +285,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         """
         stream_holder[:] = [stream]
         async for events in stream.noack_take(settings.worker_batch_max, settings.worker_batch_within_s):
-            async with lock:
-                gen = generation[0]
+            async with lock:  # a rebalance waits for this batch, then checkpoints it (on_revoked)
                 for event in events:
                     try:
                         envelopes = envelopes_of(event.value)
@@ -296,14 +294,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
                         envelopes = []
                     for env in envelopes:
                         await evaluate_envelope(env, event)
-                        if generation[0] != gen:
-                            break  # a rebalance: the cache was dropped, the new owner starts over
-                    if generation[0] != gen:
-                        break
                     counters["records"] += 1
-                if generation[0] != gen:
-                    counters["batches_abandoned"] += 1
-                    continue
                 pending.extend(events)
                 for event in events:  # in order within a partition: the last one wins
                     next_offset[(event.message.topic, event.message.partition)] = event.message.offset + 1
@@ -322,12 +313,13 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
 
     @app.on_partitions_revoked.connect
     async def on_revoked(_app: Any, revoked: Any = None, **_kw: Any) -> None:
-        """Faust forgets its unacked offsets of a revoked partition and resumes from the commit:
-        drop the cache and the pending acks with them (see streams/unit_cache.py)."""
-        generation[0] += 1
+        """A checkpoint before partitions move: Faust resumes a kept partition where it read
+        (it does not redeliver), so every event evaluated must be acked or the commit stalls at
+        the gap for good; the table is still open here. Then drop the cache: the next owner of a
+        partition reads the state just written."""
         async with lock:
+            await checkpoint()
             cache.clear()
-            pending.clear()
             counters["rebalances"] += 1
 
     @app.timer(interval=settings.deadman_check_every_s)

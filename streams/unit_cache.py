@@ -7,9 +7,9 @@ decoded once, and writes a unit only at a checkpoint and only if it changed sinc
 Restart-safety: the worker acks its input records only after the checkpoint that wrote the
 states they changed, so the offsets Faust commits never run ahead of the table. A crash or a
 rebalance re-evaluates the input since the last commit against a state at least that new;
-alert ids are deterministic and the alerts stage drops repeats. On a rebalance the cache is
-dropped whole (:meth:`clear`): what it held beyond the table was never acked, so whoever owns
-the partition next evaluates it again.
+alert ids are deterministic and the alerts stage drops repeats. On a rebalance the worker
+checkpoints (Faust does not redeliver unacked records of a partition it keeps, so an unacked
+event would stall the commit for good) and then drops the cache whole (:meth:`clear`).
 """
 
 from __future__ import annotations
