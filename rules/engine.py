@@ -32,7 +32,6 @@ from typing import Any
 from . import conditions, dates, deadman, lifecycle, reorder, reports, terminal, unit_hazards
 from .catalogue import Catalogue, Rule, load_catalogue
 from .compiled import Compiled, UnitCtx
-from .conditions import evaluate
 from .outcome import Outcome
 from .schedule import set_due
 from .state import NO_DUE, UnitState, due_of, load
@@ -154,17 +153,8 @@ class RuleEngine:
             terminal.on_event(cfg, st, envelope, ctx, out)
         else:
             deadman.on_status(cfg, st, envelope, ctx, out)
-        buf = st.reorder
-        limit = mx - cfg.lateness_ms
-        seq_next = st.seq_next
-        while buf and (buf[0][0] <= limit or buf[0][1] < seq_next):  # reorder.release, inline
-            rts, rseq, body = buf.pop(0)
-            if rseq >= seq_next:
-                reorder.skip_gap(st, rseq)
-                seq_next = st.seq_next
-            st.watermark_ts = rts
-            st.watermark_seq = rseq
-            evaluate(cfg, st, rts, rseq, body, ctx, out)
+        if st.reorder:
+            reorder.release(cfg, st, mx - cfg.lateness_ms, ctx, out)
         if st.alerts:
             lifecycle.open_followups(cfg, st, st.watermark_ts or ts, ctx, out)
         if ts >= st.next_calendar:

@@ -5,9 +5,9 @@ has been seen: each device numbers its messages (``seq``, across telemetry, even
 and :func:`note_seq` keeps the lowest seq not seen yet, so a reading that arrives in sequence is
 evaluated on arrival. Only a gap in ``seq`` makes the buffer wait, and then at most until the
 unit's newest ts is ``lateness_s`` past the reading, so arrival order within the bound never
-changes the result. A reading
-older than the last released one cannot be evaluated in order: it is counted and handed back
-in ``Outcome.late`` for the worker to record, never silently dropped. Duplicates (same ts and
+changes the result. A reading older than the last released one cannot be evaluated in order:
+it is counted and handed back in ``Outcome.late`` for the worker to record, never silently
+dropped. Duplicates (same ts and
 seq) are counted and skipped.
 """
 

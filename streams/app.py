@@ -271,6 +271,8 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             cache.put(device_id, out.state, event)
             due_index[device_id] = engine.next_due(out.state)
         counters["ticks_processed" if env.get("type") == "tick" else "processed"] += 1
+        if env.get("received_ms"):
+            counters["lag_ms_last"] = int(time.time() * 1000) - int(env["received_ms"])
         if out.rejected:
             await dead_letter_rejections(out, env, device_id, dumps(env))
         if out.alerts or out.hazards or out.late or out.late_dropped:
