@@ -36,6 +36,7 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from ingest.bridge import IngestBridge
+from sesmon.contract.groups import envelopes_of
 from sesmon.contract.registry import Registry, write_registry
 from sesmon.runtime.kafka import make_reader
 from sesmon.runtime.services import start_kafka, start_mqtt
@@ -619,7 +620,8 @@ def wait_settled(bridge: IngestBridge, inputs: int, timeout_idle: float = 120.0)
 def count_kafka(
     settings: Settings, expected: int, timeout: float = 300.0
 ) -> tuple[Counter[str], Counter[str]]:
-    """Records per output stream and dead letters per reason, read back from Kafka."""
+    """Messages per output stream (envelopes, grouped records flattened) and dead letters per reason,
+    read back from Kafka; ``expected`` is the number of messages."""
     reader = make_reader(settings, OUTPUT_STREAMS)
     per_stream: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -636,9 +638,11 @@ def count_kafka(
                     continue
                 idle_since = time.monotonic()
                 stream = record.topic().split(".", 1)[1]
-                per_stream[stream] += 1
                 if record.topic() == deadletter:
+                    per_stream[stream] += 1
                     reasons[dict(record.headers() or [])["reason"].decode()] += 1
+                else:
+                    per_stream[stream] += len(envelopes_of(record.value()))
     finally:
         reader.close()
     return per_stream, reasons

@@ -2,9 +2,11 @@
 
 Prints, per run and as the median of the runs:
 
-- **sink**: envelopes as they lie on Kafka (simulator-shaped readings: 90 % elevators with 18
-  fields, 10 % boilers with 14) → ``PointMaker`` → batches → the ``PointSink`` writer thread →
-  InfluxDB, timed from the first record until the last point is acknowledged;
+- **sink**: records as they lie on Kafka (simulator-shaped readings: 90 % elevators with 18
+  fields, 10 % boilers with 14; ``--group N`` envelopes per record as ingest's fast path
+  writes them, ``sesmon.contract.groups``, or ``--group 1`` one per record) → ``PointMaker`` →
+  batches → the ``PointSink`` writer thread → InfluxDB, timed from the first record until the
+  last point is acknowledged;
 - **stage** (with ``--kafka``): the same through the whole ``sesmon store`` stage reading them
   from a Tansu broker, timed from the first record consumed (the consumer-group join, ~5 s on
   Tansu, is left out) until all are acknowledged;
@@ -17,6 +19,7 @@ With ``--shape small`` each reading carries 4 fields instead of 18 (InfluxDB's c
 the fields: 1.6.7 spends about 60 µs of CPU on an 18-field point here).
 
 Usage: python bench/store_bench.py [--points 200000] [--batch 5000] [--runs 3] [--kafka] [--shape full|small]
+                                   [--group 100]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson
 import urllib3
 
+from sesmon.contract.groups import encode_group, partition_of
 from sesmon.runtime.kafka import ensure_topics, make_producer
 from sesmon.runtime.services import start_influxdb, start_kafka
 from sesmon.runtime.settings import Settings
@@ -47,11 +51,16 @@ from store.wire import InfluxWriter, query
 
 T0 = 1_800_000_000_000
 DISTRICTS = ("越秀", "海珠", "荔湾", "天河", "白云", "黄埔", "番禺", "花都", "南沙", "从化", "增城")
+PARTITIONS = 2
+
+#: one Kafka record: (partition, key, value)
+Record = tuple[int, bytes | None, bytes]
 
 
-def envelopes(n: int, units: int = 2000, seed: int = 1, shape: str = "full") -> list[bytes]:
+def envelopes(n: int, units: int = 2000, seed: int = 1, shape: str = "full") -> list[tuple[bytes, bytes]]:
     """Readings shaped like the simulator's (simulators/elevator.py, boiler.py), 1 s apart per unit;
-    ``small``: two readings per message (4 fields with seq and received_ms, as stack.md §4 measured)."""
+    ``small``: two readings per message (4 fields with seq and received_ms, as stack.md §4 measured).
+    Returns (device_id, envelope) pairs."""
     rnd = random.Random(seed)
     out = []
     for i in range(n):
@@ -105,8 +114,25 @@ def envelopes(n: int, units: int = 2000, seed: int = 1, shape: str = "full") -> 
             "seq": i,
             "body": body,
         }
-        out.append(orjson.dumps(env))
+        out.append((device.encode(), orjson.dumps(env)))
     return out
+
+
+def to_records(items: list[tuple[bytes, bytes]], group: int) -> list[Record]:
+    """Kafka records as ingest writes them: ``group`` envelopes of one partition per record
+    (``partition_of``, flushed when full and at the end), or one envelope per record (``group`` 1)."""
+    if group <= 1:
+        return [(partition_of(key, PARTITIONS), key, value) for key, value in items]
+    records: list[Record] = []
+    open_groups: dict[int, list[bytes]] = {}
+    for key, value in items:
+        partition = partition_of(key, PARTITIONS)
+        values = open_groups.setdefault(partition, [])
+        values.append(value)
+        if len(values) >= group:
+            records.append((partition, None, encode_group(open_groups.pop(partition))))
+    records += [(partition, None, encode_group(values)) for partition, values in open_groups.items()]
+    return records
 
 
 def place(device_id: str) -> tuple[str, str]:
@@ -120,48 +146,50 @@ def count_points(url: str, db: str, measurement: str) -> int:
     return int(series[0]["values"][0][1])
 
 
-def sink_run(url: str, work: Path, values: list[bytes], batch: int, tag: str) -> float:
+def sink_run(url: str, work: Path, records: list[Record], points: int, batch: int, tag: str) -> float:
     settings = Settings(influx_url=url, influx_db=f"sink{tag}", data_dir=work)
     counters: Counter[str] = Counter()
     sink = PointSink(InfluxWriter(settings), Spool(work / f"spool{tag}", 1 << 40), 10**9, counters).start()
     maker, builder = PointMaker(place), BatchBuilder(batch, 1.0)
     sink.writer.connect()  # the database exists before the clock starts
     started = time.perf_counter()
-    for offset, value in enumerate(values):
-        builder.add(maker.lines("telemetry", value), "telemetry", 0, offset)
+    for offset, (partition, _key, value) in enumerate(records):
+        builder.add(maker.record_lines("telemetry", value).lines, "telemetry", partition, offset)
         if builder.full:
             sink.submit(builder.take())  # type: ignore[arg-type]
     last = builder.take()
     if last is not None:
         sink.submit(last)
-    while counters["written_points"] < len(values):
+    while counters["written_points"] < points:
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
     sink.stop()
     stored = count_points(url, settings.influx_db, "elevator") + count_points(
         url, settings.influx_db, "boiler"
     )
-    assert stored == len(values), f"sink stored {stored} of {len(values)}"
-    return len(values) / elapsed
+    assert stored == points, f"sink stored {stored} of {points}"
+    return points / elapsed
 
 
-def stage_run(url: str, kafka_port: int, work: Path, values: list[bytes], batch: int, tag: str) -> float:
+def stage_run(
+    url: str, kafka_port: int, work: Path, records: list[Record], points: int, batch: int, tag: str
+) -> float:
     settings = Settings(
         kafka_url=f"127.0.0.1:{kafka_port}",
         influx_url=url,
         influx_db=f"stage{tag}",
         data_dir=work / f"stage{tag}",
         topic_prefix=f"bench{tag}",
-        kafka_partitions=2,
+        kafka_partitions=PARTITIONS,
         store_batch_points=batch,
         stats_every_s=5.0,
     )
     ensure_topics(settings)
     producer = make_producer(settings, **{"linger.ms": 50})
-    for value in values:
+    for partition, key, value in records:
         while True:
             try:
-                producer.produce(settings.topic("telemetry"), value=value, key=value[40:50])
+                producer.produce(settings.topic("telemetry"), value=value, key=key, partition=partition)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -174,7 +202,7 @@ def stage_run(url: str, kafka_port: int, work: Path, values: list[bytes], batch:
         time.sleep(0.001)
     started = time.perf_counter()
     while (
-        stage.counters["records_telemetry"] < len(values) or not stage.sink.drained or stage.builder.offsets
+        stage.counters["records_telemetry"] < len(records) or not stage.sink.drained or stage.builder.offsets
     ):
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
@@ -183,8 +211,9 @@ def stage_run(url: str, kafka_port: int, work: Path, values: list[bytes], batch:
     stored = count_points(url, settings.influx_db, "elevator") + count_points(
         url, settings.influx_db, "boiler"
     )
-    assert stored == len(values), f"stage stored {stored} of {len(values)}"
-    return len(values) / elapsed
+    assert stored == points, f"stage stored {stored} of {points}"
+    assert stage.counters["envelopes_telemetry"] == points, stage.counters
+    return points / elapsed
 
 
 def raw_run(url: str, bodies: list[bytes], points: int, tag: str) -> float:
@@ -226,9 +255,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--kafka", action="store_true", help="also run the whole stage reading from Tansu")
     parser.add_argument("--shape", choices=("full", "small"), default="full", help="fields per reading")
+    parser.add_argument(
+        "--group",
+        type=int,
+        default=100,
+        help="envelopes per Kafka record, as ingest groups them (1: one each)",
+    )
     args = parser.parse_args()
 
-    values = envelopes(args.points, shape=args.shape)
+    items = envelopes(args.points, shape=args.shape)
+    values = [value for _key, value in items]
+    records = to_records(items, args.group)
     maker = PointMaker(place)
     lines = [line for v in values for line in maker.lines("telemetry", v)]
     bodies = [
@@ -236,7 +273,7 @@ def main() -> None:
     ]
     print(
         f"{args.points} points ({sum(map(len, bodies)) / len(lines):.0f} bytes of line protocol each), "
-        f"batches of {args.batch}"
+        f"batches of {args.batch}; {len(records)} Kafka records ({args.points / len(records):.0f} per record)"
     )
     fast, slow = encoder_rates(values[:50_000])
     print(f"encoder: store.lineproto {fast:,.0f} points/s, influxdb-client Point {slow:,.0f} points/s")
@@ -253,10 +290,10 @@ def main() -> None:
         try:
             for run in range(1, args.runs + 1):
                 results["raw /write"].append(raw_run(url, bodies, len(lines), str(run)))
-                results["sink"].append(sink_run(url, work, values, args.batch, str(run)))
+                results["sink"].append(sink_run(url, work, records, args.points, args.batch, str(run)))
                 if kafka is not None:
                     results["stage (Kafka)"].append(
-                        stage_run(url, kafka.port, work, values, args.batch, str(run))
+                        stage_run(url, kafka.port, work, records, args.points, args.batch, str(run))
                     )
                 print(f"run {run}: " + ", ".join(f"{k} {v[-1]:,.0f} points/s" for k, v in results.items()))
         finally:

@@ -26,6 +26,36 @@ Why it is built this way:
   client that does not resubscribe loses data silently.
 - Reports and dispatch actions may name their publisher in the topic (sesmon.contract.identity); the
   broker's ACL guarantees the name, and the bridge checks what that publisher may say.
+
+Grouped records (the fast path, issue 9; format in :mod:`sesmon.contract.groups`):
+- The worker pays ~190 µs of Faust machinery per Kafka record, so the device streams
+  (telemetry, events, status, reports) leave as *groups*: one record per (topic, partition)
+  whose value is a JSON array of envelopes, header ``sesmon-count``, no key, explicit
+  ``partition = partition_of(device_id or the key used before, kafka_partitions)``, the
+  murmur2 partition the keyed records had, so a unit's messages and the worker's ticks
+  still meet. A group leaves when it holds ``ingest_group_max`` envelopes or
+  ``ingest_group_max_bytes``, or its first envelope is ``ingest_group_linger_ms`` old: the
+  paho thread produces full groups, the poll thread the ones that waited long enough (a lone
+  reading at night goes out within about two lingers, not with the next reading). Both
+  produce under one lock, so one partition's groups leave in order. Dead letters and
+  dispatch actions (keyed by alert_id) stay single records.
+- Every message of a group is PUBACKed, in order, from the group's delivery report. A group
+  that failed is retried whole; one Kafka refuses for good (too large) is split in halves,
+  down to single envelopes, where the dead-letter replacement applies. Counters count
+  messages (``produced``, ``unacked``, ``kafka_errors``), ``groups`` counts grouped records.
+- Order: a unit's envelopes are in arrival order within a group and groups of a partition
+  are produced in order, but a retried group (or one that met a full local queue) may land
+  after a later one. The worker orders a unit's readings by device time and ``seq``.
+
+Several ingest processes (``SESMON_INGEST_SHARED_GROUP``): each subscription becomes
+``$share/{group}/{filter}`` and the broker hands each message to one member, so the processes
+split the traffic without producing anything twice. Each needs its own
+``SESMON_MQTT_CLIENT_ID`` and must keep it: mosquitto (2.0) goes on routing a share of the
+traffic to a stopped member's persistent session and delivers it when that client id comes
+back, so a stopped process must be restarted (the supervisor does), not retired, or its queue
+is lost once it passes ``max_queued_messages``. On a broker with ``use_username_as_clientid``
+each process therefore needs its own account with the ingest ACL; the ACL itself needs no
+``$share`` rule (mosquitto checks reads on the delivered topic).
 """
 
 from __future__ import annotations
@@ -47,6 +77,7 @@ import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ingest.vendor import MALFORMED, VENDOR_ROOT, VendorError, vendor_to_canonical
+from sesmon.contract.groups import GROUP_COUNT_HEADER, encode_group, partition_of
 from sesmon.contract.identity import dispatch_refusal, principal_of, report_refusal
 from sesmon.contract.registry import Registry
 from sesmon.contract.schemas import (
@@ -67,6 +98,8 @@ from sesmon.runtime.settings import Settings
 log = logging.getLogger("sesmon.ingest")
 
 SUBSCRIPTIONS = [(f"{TOPIC_ROOT}/#", 1), (f"{VENDOR_ROOT}/#", 1)]
+#: envelope types produced in groups: the device streams the worker reads (dispatch is keyed by alert_id)
+GROUPED_TYPES = frozenset({"telemetry", "event", "status", "report"})
 VENDOR_PREFIX = f"{VENDOR_ROOT}/"
 OWN_OUTPUT_PREFIXES = (f"{TOPIC_ROOT}/alerts/", f"{TOPIC_ROOT}/hazards/")
 
@@ -92,6 +125,18 @@ EPOCH_BUMPS_FATAL = 10
 KAFKA_STATS_EVERY_MS = 1000
 WATCHDOG_EVERY_S = 1.0
 REGISTRY_EVERY_S = 5.0
+POLL_MAX_S = 0.05  # the poll thread's longest sleep (its shortest: 1 ms)
+PARTITION_CACHE_MAX = 1_000_000  # device ids whose partition is remembered
+
+
+def subscriptions(settings: Settings) -> list[tuple[str, int]]:
+    """The bridge's topic filters: ``$share/{group}/...`` when several ingest processes split the traffic."""
+    group = settings.ingest_shared_group
+    if not group:
+        return SUBSCRIPTIONS
+    if any(c in group for c in "/+#"):
+        raise ValueError(f"SESMON_INGEST_SHARED_GROUP {group!r} may not contain '/', '+' or '#'")
+    return [(f"$share/{group}/{topic}", qos) for topic, qos in SUBSCRIPTIONS]
 
 
 @dataclass(slots=True, eq=False)
@@ -111,6 +156,19 @@ class _Record:
     size: int  # of the MQTT payload
     reason: str | None = None  # dead-letter reason
     minimal: bool = False  # already the smallest dead letter there is
+    partition: int | None = None  # a device-stream envelope: the partition whose group it joins
+
+
+@dataclass(slots=True, eq=False)
+class _Batch:
+    """What one Kafka record carries: a group of envelopes for one partition, or a single record."""
+
+    members: list[_Record]  # in arrival order; each earns its PUBACK when this record is delivered
+    grouped: bool  # a JSON array of envelopes (explicit partition), else members[0] as it is (keyed)
+    topic: str
+    partition: int  # grouped only
+    opened: float = 0.0  # monotonic time the group got its first envelope
+    nbytes: int = 1  # size of the group's value so far: "[" + envelopes and their separators + "]"
     attempts: int = 0
 
 
@@ -163,7 +221,8 @@ class IngestBridge:
         self.fatal_error: str | None = None
         self._unacked = 0
         self._unacked_cv = threading.Condition()
-        self._retry_heap: list[tuple[float, int, _Record]] = []
+        self._watchers = 0  # threads in wait_until(): only they need a wake-up per message taken
+        self._retry_heap: list[tuple[float, int, _Batch]] = []
         self._retry_lock = threading.Lock()
         self._retry_order = itertools.count()
         self._stop = threading.Event()
@@ -183,6 +242,17 @@ class IngestBridge:
         self.producer = self._new_producer()
         self.topics = {name: settings.topic(stream) for name, stream in STREAM_OF.items()}
         self.deadletter_topic = settings.topic("deadletter")
+        # open groups by (topic, partition), oldest first (a dict keeps insertion order); one lock
+        # for appending (paho thread), flushing on time (poll thread) and producing groups in order
+        self._open: dict[tuple[str, int], _Batch] = {}
+        self._groups_lock = threading.Lock()
+        self._group_max = max(1, settings.ingest_group_max)
+        self._group_max_bytes = settings.ingest_group_max_bytes
+        self._linger_s = max(0.0, settings.ingest_group_linger_ms / 1000)
+        self._partitions: dict[str, int] = {}  # device id -> partition (murmur2 in Python is not free)
+        if create_topics:
+            self._check_partitions()
+        self.subscriptions = subscriptions(settings)
         self.client = self._make_client()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
         self.health.watch_thread("kafka-poll", self._poller)
@@ -194,6 +264,21 @@ class IngestBridge:
             stats_cb=self._on_kafka_stats,
             **{"statistics.interval.ms": KAFKA_STATS_EVERY_MS, **self._producer_config},
         )
+
+    def _check_partitions(self) -> None:
+        """Groups go to ``partition_of(key, kafka_partitions)``: topics of another count would split units."""
+        metadata = self.producer.list_topics(timeout=10)
+        counts = {
+            name: len(metadata.topics[name].partitions)
+            for kind, name in self.topics.items()
+            if kind in GROUPED_TYPES and name in metadata.topics
+        }
+        wrong = {name: n for name, n in counts.items() if n != self.settings.kafka_partitions}
+        if wrong:
+            raise ValueError(
+                f"SESMON_KAFKA_PARTITIONS is {self.settings.kafka_partitions} but the topics have {wrong} "
+                "partitions: set it to the topics' partition count"
+            )
 
     def _replace_fenced_producer(self) -> None:
         """Poll thread: a fenced idempotent producer never delivers again; swap in a new one.
@@ -235,9 +320,9 @@ class IngestBridge:
         if reason.is_failure:
             log.error("MQTT connect refused: %s", reason)
             return
-        client.subscribe(SUBSCRIPTIONS)
+        client.subscribe(self.subscriptions)
         self.counters["mqtt_connects"] += 1
-        log.info("MQTT connected, subscribing to %s", [t for t, _ in SUBSCRIPTIONS])
+        log.info("MQTT connected, subscribing to %s", [t for t, _ in self.subscriptions])
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any = None) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
@@ -301,9 +386,17 @@ class IngestBridge:
             env = self._validate(topic, payload, received_ms)
         except BadInput as bad:
             return self._dead_record(raw_topic, payload, bad.reason, bad.detail, received_ms, mid, qos)
+        key = env.key
+        partition = None
+        if env.type in GROUPED_TYPES:
+            partition = self._partitions.get(key)
+            if partition is None:
+                if len(self._partitions) >= PARTITION_CACHE_MAX:
+                    self._partitions.clear()
+                partition = self._partitions[key] = partition_of(key.encode(), self.settings.kafka_partitions)
         return _Record(
             topic=self.topics[env.type],
-            key=env.key.encode(),
+            key=key.encode(),
             value=dumps(env.model_dump(mode="json")),
             headers=None,
             timestamp=env.ts,
@@ -313,6 +406,7 @@ class IngestBridge:
             mqtt_topic=raw_topic[:TOPIC_HEADER_MAX],
             received_ms=received_ms,
             size=len(payload),
+            partition=partition,
         )
 
     def _validate(self, topic: str, payload: bytes, received_ms: int) -> Envelope:
@@ -442,8 +536,7 @@ class IngestBridge:
 
     # ------------------------------------------------------------------ producing
     def _submit(self, record: _Record) -> None:
-        """From the paho thread: wait for room, then produce. Never raises."""
-        taken = False
+        """From the paho thread: wait for room, then add to a group or produce. Never raises."""
         try:
             with self._unacked_cv:
                 while self._unacked >= self.settings.ingest_max_unacked and not self._stop.is_set():
@@ -452,76 +545,189 @@ class IngestBridge:
                 if self._stop.is_set():
                     return  # not acked: redelivered to the next session
                 self._unacked += 1
-                taken = True
-                self._unacked_cv.notify_all()  # wakes wait_until() watching ``received``
-            current: _Record | None = record
-            while current is not None:
-                try:
-                    self._produce_waiting(current)
-                    return  # the slot is released by the delivery report
-                except Stopping:
-                    break  # not produced, not acked: the broker keeps it for our session
-                except KafkaException as exc:
-                    current = self._refused_now(current, exc)
-        except Exception:
+                if self._watchers:  # a notify per message costs the paho thread ~3 % when nobody waits
+                    self._unacked_cv.notify_all()  # wakes wait_until() watching ``received``
+            if record.partition is None:
+                self._send_waiting([_Batch([record], False, record.topic, -1)])
+            else:
+                self._send_waiting(self._append(record))
+        except Exception:  # a bug: the message stays unacked (and its slot owed: the watchdog sees a stall)
             self.counters["internal_errors"] += 1
             log.exception("ingest: could not hand a record to Kafka; the message stays unacked")
-        if taken:
-            self._release()
 
-    def _produce_waiting(self, record: _Record) -> None:
-        """Produce; on a full local queue wait with the shared policy while the poll thread drains."""
-        try:
-            self._produce(record)
-            return
-        except BufferError:
+    def _append(self, record: _Record) -> list[_Batch]:
+        """paho thread: add an envelope to its partition's open group and produce the group if it is due.
+
+        Due: full (count or bytes; an envelope that would overflow the group starts the next one)
+        or its first envelope older than the linger. Produced under the lock, so the groups of
+        one partition leave in order; returns what met a full local queue, for the caller to wait out.
+        """
+        key = (record.topic, record.partition)
+        size = len(record.value) + 1
+        now = time.monotonic()
+        assert record.partition is not None
+        with self._groups_lock:
+            group = self._open.get(key)
+            due: list[_Batch] = []
+            if group is not None and group.nbytes + size > self._group_max_bytes:
+                due.append(self._open.pop(key))
+                group = None
+            if group is None:
+                group = self._open[key] = _Batch([], True, record.topic, record.partition, now)
+            group.members.append(record)
+            group.nbytes += size
+            if (
+                len(group.members) >= self._group_max
+                or group.nbytes >= self._group_max_bytes
+                or now - group.opened >= self._linger_s
+            ):
+                due.append(self._open.pop(key))
+            return self._send(due) if due else []
+
+    def _flush_due(self, now: float, everything: bool = False) -> None:
+        """Poll thread: produce the groups whose first envelope waited out the linger (all when stopping)."""
+        with self._groups_lock:
+            if not self._open:
+                return
+            keys = []
+            for key, group in self._open.items():  # oldest first
+                if not everything and now - group.opened < self._linger_s:
+                    break
+                keys.append(key)
+            if not keys:
+                return
+            stuck = self._send([self._open.pop(key) for key in keys])
+        if stuck:
             self.counters["producer_queue_full"] += 1
-            with self._unacked_cv:
-                self._unacked_cv.notify_all()  # for wait_until()
-        waiting = retrying(
-            self._stop, on=BufferError, initial_s=0.005, max_wait_s=0.5, what="Kafka produce (queue full)"
-        )
-        for attempt in waiting:
-            with attempt:
-                self._produce(record)
+            for batch in stuck:  # in order, on a later round; poll() drains meanwhile
+                self._queue_retry(batch, 0.05)
 
-    def _produce(self, record: _Record) -> None:
+    def _poll_timeout(self) -> float:
+        """How long poll() may wait: until the oldest open group is due, else one linger (1-50 ms)."""
+        with self._groups_lock:
+            oldest = next(iter(self._open.values()), None)
+        idle = min(POLL_MAX_S, max(0.001, self._linger_s))
+        if oldest is None:
+            return idle
+        return min(idle, max(0.0, oldest.opened + self._linger_s - time.monotonic()))
+
+    def _send(self, batches: list[_Batch]) -> list[_Batch]:
+        """Produce in order, each refused one replaced (halves, a dead letter); never waits.
+
+        Returns the batches that met a full local queue (BufferError), in order, not produced.
+        """
+        pending = list(batches)
+        while pending:
+            batch = pending[0]
+            try:
+                self._produce(batch)
+            except BufferError:
+                return pending
+            except KafkaException as exc:
+                replacements = self._refused_now(batch, exc)
+                if replacements is None:
+                    self._release(len(batch.members))  # fatal: unacked, redelivered after the restart
+                    replacements = []
+                pending[:1] = replacements
+                continue
+            del pending[0]
+        return []
+
+    def _send_waiting(self, batches: list[_Batch]) -> None:
+        """paho thread: produce; a full local queue is waited out with the shared policy while the poll
+        thread drains it. Shutdown ends the wait: what is left is released, unacked, redelivered later."""
+        pending = self._send(batches)
+        if not pending:
+            return
+        self.counters["producer_queue_full"] += 1
+        with self._unacked_cv:
+            self._unacked_cv.notify_all()  # for wait_until()
+
+        def again() -> None:
+            nonlocal pending
+            pending = self._send(pending)
+            if pending:
+                raise BufferError("local queue full")
+
+        try:
+            retrying(
+                self._stop, on=BufferError, initial_s=0.005, max_wait_s=0.5, what="Kafka produce (queue full)"
+            )(again)
+        except (Stopping, BufferError):  # BufferError: the stop came between two attempts
+            self._release(sum(len(b.members) for b in pending))
+
+    def _produce(self, batch: _Batch) -> None:
+        on_delivery = partial(self._delivered, batch)
+        if batch.grouped:
+            members = batch.members
+            self.producer.produce(
+                batch.topic,
+                value=encode_group([m.value for m in members]),
+                partition=batch.partition,
+                headers=[(GROUP_COUNT_HEADER, str(len(members)).encode())],
+                timestamp=min(m.timestamp for m in members),  # the oldest device time in it
+                on_delivery=on_delivery,
+            )
+            return
+        record = batch.members[0]
         self.producer.produce(
             record.topic,
             value=record.value,
             key=record.key,
             headers=record.headers,
             timestamp=record.timestamp,
-            on_delivery=partial(self._delivered, record),
+            on_delivery=on_delivery,
         )
 
-    def _refused_now(self, record: _Record, exc: KafkaException) -> _Record | None:
-        """produce() raised: fatal ends the stage; a refused record is replaced by a smaller dead letter."""
+    def _refused_now(self, batch: _Batch, exc: KafkaException) -> list[_Batch] | None:
+        """produce() raised: fatal ends the stage (None); a refused batch is replaced (``_replacements``)."""
         err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
         if err is None or err.fatal() or err.code() == KafkaError._FATAL:
             self._fatal(f"Kafka producer refuses every record ({exc}); unacked messages are redelivered")
             return None
-        smaller = self._smaller(record, f"{err.name()}: {err.str()}")
+        return self._replacements(batch, err)
+
+    def _replacements(self, batch: _Batch, err: KafkaError) -> list[_Batch] | None:
+        """What to send instead of a batch Kafka refuses for good: its two halves, or for a single
+        message a smaller dead letter (None, after a fatal report: not even the smallest was taken)."""
+        members = batch.members
+        if len(members) > 1:
+            self.counters["groups_split"] += 1
+            half = len(members) // 2
+            return [
+                _Batch(part, True, batch.topic, batch.partition, attempts=batch.attempts)
+                for part in (members[:half], members[half:])
+            ]
+        smaller = self._smaller(members[0], f"{err.name()}: {err.str()}")
         if smaller is None:
             self._fatal(f"Kafka refuses even a minimal dead letter ({err.str()})")
-        return smaller
+            return None
+        return [_Batch([smaller], False, smaller.topic, -1)]
 
-    def _delivered(self, record: _Record, err: KafkaError | None, _msg: Message) -> None:
+    def _delivered(self, batch: _Batch, err: KafkaError | None, _msg: Message) -> None:
         """Delivery report, served by poll()/flush(): acks on success, queues a retry on failure.
 
         Never produces or waits here: a callback that blocks inside poll() stops the only
         thread that could drain the queue.
         """
         try:
+            members = batch.members
+            count = len(members)
             if err is None:
-                self._ack(record.mid, record.qos)
-                self.counters[record.outcome] += 1
-                if record.reason is not None:
-                    self.dead_reasons[record.reason] += 1
-                self._delivered_total += 1
+                for member in members:  # in order: the broker sees the acks as the messages came
+                    self._ack(member.mid, member.qos)
+                if batch.grouped:
+                    self.counters["produced"] += count
+                    self.counters["groups"] += 1
+                else:
+                    record = members[0]
+                    self.counters[record.outcome] += 1
+                    if record.reason is not None:
+                        self.dead_reasons[record.reason] += 1
+                self._delivered_total += count
                 self._last_delivery = time.monotonic()
                 self.health.progress()
-                self._release()  # last: it wakes wait_until(), which then sees the counters
+                self._release(count)  # last: it wakes wait_until(), which then sees the counters
                 return
             if err.fatal():
                 self._fatal(f"Kafka delivery failed with fatal error {err.name()}: {err.str()}")
@@ -529,31 +735,37 @@ class IngestBridge:
             if err.code() == KafkaError._FENCED or err.code() == KafkaError.PRODUCER_FENCED:
                 self._fenced = True  # the poll thread replaces the producer; this record is retried
             if self._stop.is_set():
-                self._release()  # dying: the MQTT ack stays owed and the broker will redeliver
+                self._release(count)  # dying: the MQTT acks stay owed and the broker will redeliver
                 return
-            self.counters["kafka_errors"] += 1
+            self.counters["kafka_errors"] += count
             with self._unacked_cv:
                 self._unacked_cv.notify_all()  # for wait_until()
             if self._log_kafka.due():
-                log.error("Kafka refused a record for %s: %s; queued for retry", record.topic, err)
-            retry: _Record | None = record
+                log.error(
+                    "Kafka refused a record for %s (%d messages): %s; queued for retry",
+                    batch.topic,
+                    count,
+                    err,
+                )
             if err.code() in PERMANENT_ERRORS:
-                retry = self._smaller(record, f"{err.name()}: {err.str()}")
-                if retry is None:
-                    self._fatal(f"Kafka refuses even a minimal dead letter ({err.str()})")
-                    self._release()
+                replacements = self._replacements(batch, err)
+                if replacements is None:
+                    self._release(count)
                     return
-            else:
-                retry.attempts += 1
-            self._queue_retry(retry)
+                for replacement in replacements:
+                    self._queue_retry(replacement, 0.0)  # at once, and the halves in order
+                return
+            batch.attempts += 1
+            self._queue_retry(batch)
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("ingest: error in a Kafka delivery report")
 
-    def _queue_retry(self, record: _Record) -> None:
-        delay = min(RETRY_BACKOFF_MAX_S, 0.05 * 2 ** min(record.attempts, 10)) * random.random()
+    def _queue_retry(self, batch: _Batch, delay: float | None = None) -> None:
+        if delay is None:
+            delay = min(RETRY_BACKOFF_MAX_S, 0.05 * 2 ** min(batch.attempts, 10)) * random.random()
         with self._retry_lock:
-            heapq.heappush(self._retry_heap, (time.monotonic() + delay, next(self._retry_order), record))
+            heapq.heappush(self._retry_heap, (time.monotonic() + delay, next(self._retry_order), batch))
 
     def _drain_retries(self) -> None:
         """Poll thread: re-produce failed deliveries that are due; never blocks."""
@@ -562,24 +774,17 @@ class IngestBridge:
             with self._retry_lock:
                 if not self._retry_heap or self._retry_heap[0][0] > now:
                     return
-                _, _, record = heapq.heappop(self._retry_heap)
-            try:
-                self._produce(record)
-                self.counters["kafka_retries"] += 1
-            except BufferError:
-                with self._retry_lock:  # full: try again on a later round, poll() drains meanwhile
-                    heapq.heappush(self._retry_heap, (now + 0.05, next(self._retry_order), record))
+                _, _, batch = heapq.heappop(self._retry_heap)
+            stuck = self._send([batch])
+            if stuck:  # full: try again on a later round, poll() drains meanwhile
+                for left in stuck:
+                    self._queue_retry(left, 0.05)
                 return
-            except KafkaException as exc:
-                smaller = self._refused_now(record, exc)
-                if smaller is None:
-                    self._release()
-                else:
-                    self._queue_retry(smaller)
+            self.counters["kafka_retries"] += len(batch.members)
 
-    def _release(self) -> None:
+    def _release(self, count: int = 1) -> None:
         with self._unacked_cv:
-            self._unacked -= 1
+            self._unacked -= count
             self._unacked_cv.notify_all()
 
     def _ack(self, mid: int, qos: int) -> None:
@@ -645,7 +850,7 @@ class IngestBridge:
         next_stats, next_registry, next_watch = now, now + REGISTRY_EVERY_S, now + WATCHDOG_EVERY_S
         while not self._stop.is_set() or self._unacked > 0:
             try:
-                self.producer.poll(0.05)
+                self.producer.poll(self._poll_timeout())
             except KafkaException as exc:  # librdkafka raises its fatal errors from poll() too
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                 if err is None or err.fatal():
@@ -658,8 +863,9 @@ class IngestBridge:
                 self._replace_fenced_producer()
             if self._retired:
                 self._drain_retired()
-            self._drain_retries()
             now = time.monotonic()
+            self._flush_due(now, everything=self._stop.is_set())  # stopping: what is open is owed too
+            self._drain_retries()
             if self._stop.is_set():
                 if now > self._drain_deadline:
                     break
@@ -707,6 +913,7 @@ class IngestBridge:
             "dead_letter_reasons": dict(self.dead_reasons),
             "unacked": self._unacked,
             "retry_queue": len(self._retry_heap),
+            "open_groups": len(self._open),
             "mqtt_connected": self._connected.is_set(),
             **self.health.snapshot(),
         }
@@ -747,7 +954,11 @@ class IngestBridge:
     def wait_until(self, predicate: Callable[[IngestBridge], bool], timeout: float = 30.0) -> bool:
         """Block until ``predicate(self)`` holds; re-checked on every message taken and record delivered."""
         with self._unacked_cv:
-            return self._unacked_cv.wait_for(lambda: predicate(self), timeout)
+            self._watchers += 1
+            try:
+                return self._unacked_cv.wait_for(lambda: predicate(self), timeout)
+            finally:
+                self._watchers -= 1
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         """True once connected and subscribed."""
@@ -767,6 +978,8 @@ class IngestBridge:
             self._unacked_cv.notify_all()
         if self._poller.ident is not None:
             self._poller.join(drain_s + 1)
+        else:
+            self._flush_due(time.monotonic(), everything=True)  # never started: flush() below delivers
         self._publish_stats()
         self.producer.flush(2)
         self.client.disconnect()
@@ -781,6 +994,7 @@ class IngestBridge:
         if sock is not None:
             sock.close()
         self._poller.join(2)
+        self.producer.purge()  # what librdkafka still held dies with the process, it is not delivered later
 
 
 def run(settings: Settings, registry: Registry | None) -> None:

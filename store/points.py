@@ -27,17 +27,21 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from metrics.inputs import parse_alert_id
 from metrics.kpi import SafetyKpi
+from sesmon.contract.groups import envelopes_of
 from sesmon.contract.schemas import TELEMETRY_MODELS
 from store.lineproto import encode
 
 #: the Kafka streams the sink stores
 STORED_STREAMS = ("telemetry", "events", "alerts", "hazards", "dispatch", "pipeline")
+#: streams ingest writes: a record there may carry many envelopes (``sesmon.contract.groups``)
+GROUPED_STREAMS = frozenset({"telemetry", "events", "dispatch"})
 
 
 class BadRecord(ValueError):
@@ -57,6 +61,16 @@ def _int_fields(model: type) -> frozenset[str]:
 _INT_FIELDS = {str(kind.value): _int_fields(model) for kind, model in TELEMETRY_MODELS.items()}
 _KNOWN_FIELDS = {str(kind.value): frozenset(model.model_fields) for kind, model in TELEMETRY_MODELS.items()}
 _NOT_FIELDS = ("device_id", "ts")
+
+
+@dataclass(slots=True)
+class RecordLines:
+    """The lines of one Kafka record and what it held: envelopes, and those that gave no point."""
+
+    lines: list[str]
+    envelopes: int
+    bad_envelopes: int = 0
+    error: str = ""  # why the last bad envelope gave no point (for the log)
 
 
 class PointMaker:
@@ -92,6 +106,31 @@ class PointMaker:
             return [line for line in convert(record) if line]
         except (KeyError, TypeError, ValueError) as exc:
             raise BadRecord(f"{stream} record without what it needs: {exc!r}") from None
+
+    def record_lines(self, stream: str, value: bytes | None) -> RecordLines:
+        """Lines for every envelope of one record, grouped or single (:func:`envelopes_of`).
+
+        Why per envelope: ingest packs many readings into one record, and one envelope that
+        lacks what its stream needs must not cost the points of the others beside it. A
+        record that is not JSON, or holds no envelope at all, is a :class:`BadRecord`.
+        """
+        if stream not in GROUPED_STREAMS:
+            return RecordLines(self.lines(stream, value), 1)
+        try:
+            envelopes = envelopes_of(value or b"")
+        except ValueError as exc:  # orjson.JSONDecodeError
+            raise BadRecord(f"not JSON: {exc}") from None
+        if not envelopes:
+            raise BadRecord("neither an envelope nor an array of envelopes")
+        convert = self.by_stream[stream]
+        made = RecordLines([], len(envelopes))
+        for envelope in envelopes:
+            try:
+                made.lines += [line for line in convert(envelope) if line]
+            except (KeyError, TypeError, ValueError) as exc:
+                made.bad_envelopes += 1
+                made.error = f"{stream} envelope without what it needs: {exc!r}"
+        return made
 
     def _unit_tags(self, device_id: str) -> dict[str, str]:
         tags = self._tags.get(device_id)

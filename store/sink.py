@@ -2,6 +2,10 @@
 
 The main thread reads Kafka, turns records into line protocol (:mod:`store.points`) and cuts
 batches (``store_batch_points`` points, or whatever came within ``store_flush_interval_s``).
+A record on a stream ingest writes may carry many envelopes (``sesmon.contract.groups``): each
+envelope becomes its points; ``records_<stream>`` counts Kafka records, ``envelopes_<stream>``
+the envelopes in them, ``bad_envelopes`` those that gave no point and ``bad_records`` records
+that hold no envelope at all (not JSON).
 A writer thread sends them to InfluxDB (:mod:`store.wire`). While InfluxDB is slow the
 batches wait in memory, up to ``store_memory_max_points``; past that, and as soon as a write
 fails (InfluxDB down), they go to the disk spool (:mod:`store.spool`), so the stage keeps
@@ -38,7 +42,7 @@ from sesmon.runtime.health import Health, fatal
 from sesmon.runtime.kafka import ensure_topics, make_consumer, make_producer, stats_record
 from sesmon.runtime.retry import Stopping, call_with_retry
 from sesmon.runtime.settings import Settings
-from store.points import STORED_STREAMS, BadRecord, PointMaker
+from store.points import STORED_STREAMS, BadRecord, PointMaker, RecordLines
 from store.spool import Spool, SpoolFile
 from store.wire import InfluxUnavailable, InfluxWriter, WriteRejected
 
@@ -359,6 +363,8 @@ class StoreStage:
         self.maker = PointMaker(self._place)
         self.stream_of = {settings.topic(s): s for s in STORED_STREAMS}
         self.count_key = {settings.topic(s): f"records_{s}" for s in STORED_STREAMS}
+        for name in ("bad_records", "bad_envelopes", *(f"envelopes_{s}" for s in STORED_STREAMS)):
+            self.counters[name] = 0  # in every pipeline record from the start, so a reader finds them
         self.builder = BatchBuilder(settings.store_batch_points, settings.store_flush_interval_s)
         self.batches: deque[Batch] = deque()  # submitted, in order: the durable prefix is committable
         self.paused = False
@@ -422,15 +428,26 @@ class StoreStage:
             self._on_record_error(record.error())
             return
         topic = record.topic()
+        stream = self.stream_of[topic]
         try:
-            lines = self.maker.lines(self.stream_of[topic], record.value())
-        except (BadRecord, KeyError) as exc:
+            made = self.maker.record_lines(stream, record.value())
+        except BadRecord as exc:
             self.counters["bad_records"] += 1
             self._log_rarely("skipping a record on %s at offset %s: %s", topic, record.offset(), exc)
-            lines = []
+            made = RecordLines([], 0)
+        if made.bad_envelopes:
+            self.counters["bad_envelopes"] += made.bad_envelopes
+            self._log_rarely(
+                "%d envelope(s) of the record on %s at offset %s skipped: %s",
+                made.bad_envelopes,
+                topic,
+                record.offset(),
+                made.error,
+            )
         self.counters[self.count_key[topic]] += 1
-        self.counters["points"] += len(lines)
-        self.builder.add(lines, topic, record.partition(), record.offset())
+        self.counters[f"envelopes_{stream}"] += made.envelopes
+        self.counters["points"] += len(made.lines)
+        self.builder.add(made.lines, topic, record.partition(), record.offset())
         if self.builder.full:
             self._submit()
 

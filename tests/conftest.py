@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
 
+from sesmon.contract.groups import envelopes_of
 from sesmon.contract.registry import Registry, write_registry
 from sesmon.runtime.kafka import make_reader
 from sesmon.runtime.services import ManagedProcess, start_kafka, start_mqtt
@@ -93,19 +94,49 @@ def reading(device_id: str, seq: int, ts: int, kind: str = "elevator", **fields:
     return f"sesmon/v1/{kind}/{device_id}/telemetry", json.dumps(body).encode()
 
 
-def drain(settings: Settings, streams: list[str], until: Any, timeout: float = 30.0) -> list[Any]:
-    """Consume ``streams`` from the start until ``until(records)`` is true or time runs out."""
+def _read_until(
+    settings: Settings, streams: list[str], until: Any, timeout: float, add: Callable[[Any, list[Any]], None]
+) -> list[Any]:
+    """Consume ``streams`` from the start, ``add`` each record to a list, until ``until(list)`` or timeout."""
     consumer = make_reader(settings, streams)
-    records: list[Any] = []
+    found: list[Any] = []
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline and not until(records):
+        while time.monotonic() < deadline and not until(found):
             for record in consumer.consume(5000, 0.5):
                 if not record.error():
-                    records.append(record)
+                    add(record, found)
     finally:
         consumer.close()
-    return records
+    return found
+
+
+def drain(settings: Settings, streams: list[str], until: Any, timeout: float = 30.0) -> list[Any]:
+    """Consume ``streams`` from the start until ``until(records)`` is true or time runs out."""
+    return _read_until(settings, streams, until, timeout, lambda record, out: out.append(record))
+
+
+class Drained(NamedTuple):
+    """One envelope read back from a device stream, with the record that carried it."""
+
+    envelope: dict[str, Any]
+    topic: str
+    partition: int
+    offset: int
+    count: int  # envelopes in that record (ingest groups them per partition)
+
+
+def _add_envelopes(record: Any, out: list[Any]) -> None:
+    found = envelopes_of(record.value())
+    where = (record.topic(), record.partition(), record.offset(), len(found))
+    out += [Drained(env, *where) for env in found]
+
+
+def drain_envelopes(
+    settings: Settings, streams: list[str], until: Any, timeout: float = 30.0
+) -> list[Drained]:
+    """Like :func:`drain`, flattening grouped records: ``until(envelopes)`` sees every envelope so far."""
+    return _read_until(settings, streams, until, timeout, _add_envelopes)
 
 
 from tests.pipeline_support import pipeline  # noqa: E402,F401  (fixture shared by pipeline tests)

@@ -3,29 +3,19 @@ every input is produced or dead-lettered, Kafka holds exactly that, nothing cras
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from bench.fuzz_ingest import OUTPUT_STREAMS, FuzzInputs, units_of
+from bench.fuzz_ingest import FuzzInputs, count_kafka, units_of
 from ingest.bridge import IngestBridge
 from sesmon.contract.registry import Registry
 from sesmon.runtime.settings import Settings
-from tests.conftest import drain, mqtt_client
+from tests.conftest import mqtt_client
 
 COUNT = 5_000
 SEED = 20261122
-
-
-def kafka_counts(settings: Settings, expected: int) -> tuple[Counter[str], Counter[str]]:
-    records = drain(settings, OUTPUT_STREAMS, lambda r: len(r) >= expected, timeout=60)
-    streams = Counter(r.topic().split(".", 1)[1] for r in records)
-    reasons = Counter(
-        dict(r.headers())["reason"].decode() for r in records if r.topic() == settings.topic("deadletter")
-    )
-    return streams, reasons
 
 
 def assert_all_accounted(settings: Settings, bridge: IngestBridge, inputs: int, fatals: list[str]) -> None:
@@ -40,7 +30,7 @@ def assert_all_accounted(settings: Settings, bridge: IngestBridge, inputs: int, 
     assert bridge.dead_parts() == [] and fatals == []
     produced, dead = counters["produced"], counters["dead_lettered"]
     assert produced > COUNT // 4 and dead > COUNT // 4  # the mix really has both
-    streams, reasons = kafka_counts(settings, produced + dead)
+    streams, reasons = count_kafka(settings, produced + dead, timeout=60)  # messages, groups flattened
     assert streams["deadletter"] == dead
     assert sum(n for s, n in streams.items() if s != "deadletter") == produced
     assert reasons == bridge.dead_reasons

@@ -7,7 +7,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import pytest
 
 from ingest.bridge import TOPIC_HEADER_MAX, IngestBridge
@@ -15,7 +14,7 @@ from sesmon.contract.registry import Registry
 from sesmon.contract.schemas import Kind
 from sesmon.runtime.services import start_kafka
 from sesmon.runtime.settings import Settings
-from tests.conftest import drain, mqtt_client, publish_all, reading
+from tests.conftest import drain, drain_envelopes, mqtt_client, publish_all, reading
 
 NOW = 1_795_299_000_000  # fixed device time (2026-11-22): nothing here depends on the clock
 BEHIND = 170
@@ -79,10 +78,9 @@ def assert_poison_contained(
     assert bridge.dead_reasons == {reason: 1}, bridge.dead_reasons
     assert bridge.counters["produced"] == len(readings)
     assert bridge.dead_parts() == [] and fatals == []
-    records = drain(settings, ["telemetry", "deadletter"], lambda r: len(r) >= len(readings) + 1)
-    dead = [r for r in records if r.topic() == settings.topic("deadletter")]
-    telemetry = [r for r in records if r.topic() == settings.topic("telemetry")]
-    assert sorted(orjson.loads(r.value())["seq"] for r in telemetry) == list(range(len(readings)))
+    telemetry = drain_envelopes(settings, ["telemetry"], lambda e: len(e) >= len(readings))
+    dead = drain(settings, ["deadletter"], lambda r: len(r) >= 1)
+    assert sorted(d.envelope["seq"] for d in telemetry) == list(range(len(readings)))
     assert len(dead) == 1 and headers_of(dead[0])["reason"] == reason.encode()
     return dead[0]
 
@@ -199,28 +197,30 @@ def test_poison_then_crash_then_restart_does_not_wedge(
     assert second.wait_until(lambda b: b.counters["produced"] >= BEHIND)
     assert second.counters["dead_lettered"] == 0 and second.counters["internal_errors"] == 0
     assert second.dead_parts() == [] and bridge_factory.fatals == []
-    records = drain(
-        settings, ["telemetry"], lambda r: len({orjson.loads(x.value())["seq"] for x in r}) > BEHIND
+    envelopes = drain_envelopes(
+        settings, ["telemetry"], lambda e: len({d.envelope["seq"] for d in e}) > BEHIND
     )
-    assert {orjson.loads(r.value())["seq"] for r in records} == set(range(BEHIND + 1))
+    assert {d.envelope["seq"] for d in envelopes} == set(range(BEHIND + 1))
 
 
 def test_full_local_queue_waits_in_the_paho_thread_and_honours_shutdown(
     settings: Settings, fleet_registry: Registry, elevator: str, tmp_path: Any
 ) -> None:
     """Kafka away and librdkafka's queue full: the paho thread waits (no spin in a delivery callback),
-    the poll thread keeps running, a crash ends the wait at once, and a later bridge delivers all."""
+    the poll thread keeps running, a crash ends the wait at once, and a later bridge delivers all.
+    Groups of two: 50 readings are at least 25 records for a queue of 10."""
     from sesmon.runtime.services import free_port
 
     port = free_port()
-    away = settings.model_copy(update={"kafka_url": f"127.0.0.1:{port}"})
+    away = settings.model_copy(update={"kafka_url": f"127.0.0.1:{port}", "ingest_group_max": 2})
     fatals: list[str] = []
     doomed = IngestBridge(
         away,
         fleet_registry,
         create_topics=False,
         on_fatal=fatals.append,
-        producer_config={"queue.buffering.max.messages": 10},
+        # no topic auto-created by this one (Tansu's default: 4 partitions) once Kafka is up
+        producer_config={"queue.buffering.max.messages": 10, "allow.auto.create.topics": False},
     ).start()
     assert doomed.wait_connected(30)
     client = mqtt_client(settings)
@@ -235,8 +235,8 @@ def test_full_local_queue_waits_in_the_paho_thread_and_honours_shutdown(
         survivor = IngestBridge(away, fleet_registry, on_fatal=fatals.append).start()
         assert survivor.wait_until(lambda b: b.counters["produced"] >= 50, 60)
         survivor.stop()
-        records = drain(away, ["telemetry"], lambda r: len({orjson.loads(x.value())["seq"] for x in r}) >= 50)
-        assert {orjson.loads(r.value())["seq"] for r in records} == set(range(50))
+        envelopes = drain_envelopes(away, ["telemetry"], lambda e: len({d.envelope["seq"] for d in e}) >= 50)
+        assert {d.envelope["seq"] for d in envelopes} == set(range(50))
         assert fatals == []
     finally:
         client.disconnect()
@@ -275,8 +275,8 @@ def test_failed_deliveries_are_retried_from_the_poll_thread(
         assert bridge.wait_until(lambda b: b.counters["produced"] == 40, 60), bridge.snapshot()
         assert bridge.counters["kafka_retries"] >= 40 and bridge.snapshot()["unacked"] == 0
         bridge.stop()
-        records = drain(away, ["telemetry"], lambda r: len(r) >= 40)
-        assert sorted(orjson.loads(r.value())["seq"] for r in records) == list(range(40))
+        envelopes = drain_envelopes(away, ["telemetry"], lambda e: len(e) >= 40)
+        assert sorted(d.envelope["seq"] for d in envelopes) == list(range(40))
         assert fatals == []
     finally:
         client.disconnect()

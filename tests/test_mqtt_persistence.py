@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import orjson
 import paho.mqtt.client as mqtt
 
 from ingest.bridge import IngestBridge
 from sesmon.contract.registry import Registry
 from sesmon.runtime.services import ManagedProcess, start_mqtt
 from sesmon.runtime.settings import Settings
-from tests.conftest import drain, reading
+from tests.conftest import Drained, drain_envelopes, reading
 
 N = 20_000
 RESTART_AFTER = 6_000
@@ -73,11 +72,11 @@ def test_mosquitto_restart_loses_no_acknowledged_reading(
         expected = set(acked)
         assert bridge.wait_connected(60)
 
-        def complete(records: list) -> bool:  # type: ignore[type-arg]
-            return expected <= {orjson.loads(r.value())["seq"] for r in records}
+        def complete(envelopes: list[Drained]) -> bool:
+            return expected <= {d.envelope["seq"] for d in envelopes}
 
-        records = drain(settings, ["telemetry"], complete, timeout=120)
-        seen = {orjson.loads(r.value())["seq"] for r in records}
+        envelopes = drain_envelopes(settings, ["telemetry"], complete, timeout=120)
+        seen = {d.envelope["seq"] for d in envelopes}
         assert expected - seen == set(), f"{len(expected - seen)} acknowledged readings lost"
         assert bridge.counters["mqtt_connects"] >= 2  # it reconnected and resubscribed
     finally:

@@ -6,7 +6,9 @@
   keeps being read; InfluxDB started again: the sink drains and ``SELECT count(*)`` finds every
   point (zero lost);
 - a stage stopped while InfluxDB is down leaves its points in the spool and its offsets
-  committed; the next run writes them without reading Kafka again.
+  committed; the next run writes them without reading Kafka again;
+- grouped records (many envelopes in one record, as ingest's fast path writes them): every
+  envelope's point reaches InfluxDB, one bad envelope costs only itself.
 
 Everything waits on counters and durable state with generous deadlines; nothing sleeps and hopes.
 """
@@ -25,6 +27,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from sesmon.app.demo import Stage
+from sesmon.contract.groups import encode_group, partition_of
 from sesmon.contract.registry import Registry, write_registry
 from sesmon.runtime.kafka import client_config, ensure_topics, make_producer, make_reader
 from sesmon.runtime.services import ManagedProcess, start_influxdb
@@ -359,3 +362,76 @@ def test_points_spooled_by_a_stopped_stage_are_written_by_the_next_run(
         assert count_all(settings, "boiler") == n
     finally:
         again.stop()
+
+
+# --------------------------------------------------------------------------- grouped records
+
+
+def event(i: int, units: int = 50) -> bytes:
+    device = f"E{i % units:03d}"
+    ts = T0 + (i // units) * 1000
+    body = {"device_id": device, "ts": ts, "seq": i, "code": "door_open_fault", "state": "occur"}
+    env = {
+        "type": "event",
+        "kind": "elevator",
+        "device_id": device,
+        "mqtt_topic": f"sesmon/v1/elevator/{device}/event",
+        "received_ms": ts + 100,
+        "ts": ts,
+        "seq": i,
+        "body": body,
+    }
+    return orjson.dumps(env)
+
+
+def test_every_envelope_of_a_grouped_record_reaches_influxdb(
+    tmp_path: Path, kafka_server: ManagedProcess, influx: ManagedProcess
+) -> None:
+    settings = store_settings(tmp_path, kafka_server, influx)
+    grouped = 300
+    # as ingest writes them: the envelopes bound for one partition (partition_of), in groups of 40
+    by_partition: dict[int, list[bytes]] = {}
+    for i in range(grouped):
+        key, value = telemetry(i)
+        by_partition.setdefault(partition_of(key, settings.kafka_partitions), []).append(value)
+    records: list[tuple[int, bytes]] = [
+        (partition, encode_group(values[i : i + 40]))
+        for partition, values in sorted(by_partition.items())
+        for i in range(0, len(values), 40)
+    ]
+    assert len(by_partition) == 2 and len(records) >= 8
+    no_body = orjson.loads(telemetry(grouped + 1)[1])
+    del no_body["body"]
+    records += [
+        (partition_of(b"E000", 2), telemetry(grouped)[1]),  # a single envelope (a JSON object): one reading
+        (1, encode_group([telemetry(grouped + 2)[1], orjson.dumps(no_body), telemetry(grouped + 3)[1]])),
+        (0, b"[not json"),  # goes where bad records go: counted, skipped, committed
+    ]
+    producer = make_producer(settings)
+    for partition, value in records:
+        producer.produce(settings.topic("telemetry"), value, partition=partition)
+    producer.produce(settings.topic("events"), encode_group([event(i) for i in range(5)]), key=b"E")
+    assert producer.flush(60) == 0
+
+    wanted_points = grouped + 3  # every good envelope, the single one included
+    running = RunningStage(settings)
+    try:
+        wait_for(
+            lambda: count(settings, "elevator") == wanted_points, 90, "every envelope's point", every=0.2
+        )
+        wait_for(lambda: count(settings, "event", "seq") == 5, 30, "the grouped events", every=0.2)
+        counters = running.counters
+        wait_for(lambda: counters["records_telemetry"] == len(records), 30, "every record read")
+        assert counters["envelopes_telemetry"] == grouped + 4  # the one without a body included
+        assert counters["bad_envelopes"] == 1 and counters["bad_records"] == 1
+        assert counters["records_events"] == 1 and counters["envelopes_events"] == 5
+        wait_for(
+            lambda: committed(settings, "telemetry") == len(records), 30, "every record committed", every=0.5
+        )
+    finally:
+        running.stop()
+    assert count_all(settings, "elevator") == wanted_points
+    devices = query(
+        settings.influx_url or "", 'SHOW TAG VALUES FROM elevator WITH KEY = "device_id"', settings.influx_db
+    )
+    assert len(devices["results"][0]["series"][0]["values"]) == 50

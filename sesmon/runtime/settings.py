@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     deadletter_max_bytes: int = 4 * 1024  # how much of a rejected body the dead letter keeps
     ingest_max_unacked: int = 20_000  # Kafka records not yet confirmed (bounds memory and MQTT acks owed)
     ingest_stall_exit_s: float = 180.0  # records owed and nothing delivered this long: exit 70 (0 = never)
+    ingest_group_max: int = 500  # envelopes per grouped Kafka record (one partition's readings)
+    ingest_group_max_bytes: int = 256 * 1024  # ... and bytes: well below Kafka's 1 MB record limit
+    ingest_group_linger_ms: float = 20.0  # a group leaves this long after its first envelope at most
+    ingest_shared_group: str = ""  # set: subscribe as $share/<group>/... (several ingest processes)
     mqtt_client_id: str = "sesmon-ingest"
     mqtt_keepalive_s: int = 30
 

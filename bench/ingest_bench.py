@@ -1,0 +1,242 @@
+"""Ingest alone: QoS 1 readings over MQTT -> ``sesmon ingest`` -> Kafka, readings/s and CPU per 1,000.
+
+What it runs: Tansu and mosquitto on loopback (mosquitto saving its store only every
+``--autosave-changes`` changes, so the broker's disk writes do not set the pace), the real
+``sesmon ingest`` process, and a paho QoS 1 publisher in its own process (``bench.e2e.Publisher``:
+at most 10,000 PUBACKs owed). For each ``--group-max`` (default ``1,500``) a fresh set of topics:
+
+- ``live``: the publisher sends ``--readings`` readings flat out while ingest runs; readings/s =
+  readings / (ingest's last produced - first publish). Bounded by the publisher if ingest keeps up.
+- ``backlog``: ingest subscribes (persistent session) and is stopped, the readings are published
+  into its session, then ingest is started again: readings/s = readings / (time from the
+  restarted process's first stats record to its last produced), i.e. ingest alone, not waiting
+  for a publisher.
+
+``--group-max 1`` makes every reading its own Kafka record (one produce and one delivery report
+per reading), as the bridge did before grouped records: the "before" figure. CPU seconds are
+ingest's (utime + stime from /proc) over the measured span, per 1,000 readings. Completion is
+read from ingest's ``pipeline`` counters (every 0.2 s) and checked against the envelopes on Kafka.
+
+Usage: python bench/ingest_bench.py [--readings 200000] [--units 2000] [--group-max 1,500]
+                                    [--mode live,backlog] [--partitions 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson
+
+from bench.e2e import Publisher, StatsReader, proc_rss_cpu
+from sesmon.contract.groups import envelopes_of
+from sesmon.contract.registry import write_registry
+from sesmon.runtime.kafka import ensure_topics, make_reader
+from sesmon.runtime.services import start_kafka, start_mqtt
+from sesmon.runtime.settings import Settings
+from simulators.fleet import generate_fleet
+
+T0_MS = 1_795_300_000_000  # fixed device clock
+STATS_EVERY_S = 0.2
+
+
+def readings(device_ids: list[str], count: int) -> list[tuple[str, bytes]]:
+    """Elevator telemetry as the simulated fleet sends it (~250 bytes), round-robin over the units."""
+    out = []
+    for i in range(count):
+        device = device_ids[i % len(device_ids)]
+        body = {
+            "device_id": device,
+            "ts": T0_MS + i,
+            "seq": i // len(device_ids),
+            "mode": "normal",
+            "moving": i % 3 == 0,
+            "direction": "up",
+            "floor": i % 20,
+            "door_zone": True,
+            "door": "closed",
+            "speed_mps": 1.6,
+            "load_pct": 35.0,
+            "occupied": True,
+            "safety_circuit_open": False,
+        }
+        out.append((f"sesmon/v1/elevator/{device}/telemetry", orjson.dumps(body)))
+    return out
+
+
+def publish(port: int, messages: list[tuple[str, bytes]], result: Any) -> None:
+    """Child process: publish everything with QoS 1, wait for every PUBACK, report the start time."""
+    pub = Publisher(port, f"ingest-bench-pub-{os.getpid()}")
+    started = time.time()
+    for topic, payload in messages:
+        pub.publish(topic, payload)
+    pub.flush(600)
+    result.put((started, time.time()))
+    pub.close()
+
+
+def ingest_stats(stats: StatsReader, pid: int, predicate: Any, timeout: float) -> dict[str, Any]:
+    """The ingest process's latest ``pipeline`` record, once ``predicate`` holds for it."""
+    key = ("ingest", pid)
+    stats.wait(lambda: predicate(stats.latest.get(key, {})), timeout, f"ingest {pid}")
+    return stats.latest[key]
+
+
+def start_ingest(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sesmon.app.cli", "ingest"], env=env, stdout=log_file, stderr=log_file
+        )
+
+
+def stop_ingest(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+
+
+def count_envelopes(settings: Settings, expected: int, timeout: float = 120.0) -> tuple[int, int]:
+    """(envelopes, records) on the telemetry topic."""
+    reader = make_reader(settings, ["telemetry"])
+    envelopes = records = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while envelopes < expected and time.monotonic() < deadline:
+            for record in reader.consume(10_000, 0.5):
+                if not record.error():
+                    records += 1
+                    envelopes += len(envelopes_of(record.value()))
+    finally:
+        reader.close()
+    return envelopes, records
+
+
+def run_one(
+    kafka_port: int,
+    mqtt_port: int,
+    work: Path,
+    registry: Path,
+    device_ids: list[str],
+    args: Any,
+    group_max: int,
+    mode: str,
+) -> dict[str, Any]:
+    tag = f"g{group_max}{mode}{time.monotonic_ns() % 10**8}"
+    settings = Settings(
+        mqtt_url=f"mqtt://127.0.0.1:{mqtt_port}",
+        kafka_url=f"127.0.0.1:{kafka_port}",
+        data_dir=work / tag,
+        topic_prefix=tag,
+        mqtt_client_id=f"ingest-{tag}",
+        kafka_partitions=args.partitions,
+    )
+    ensure_topics(settings)
+    env = {
+        **os.environ,
+        "SESMON_MQTT_URL": settings.mqtt_url or "",
+        "SESMON_KAFKA_URL": settings.kafka_url or "",
+        "SESMON_DATA_DIR": str(settings.data_dir),
+        "SESMON_REGISTRY": str(registry),
+        "SESMON_TOPIC_PREFIX": tag,
+        "SESMON_MQTT_CLIENT_ID": settings.mqtt_client_id,
+        "SESMON_KAFKA_PARTITIONS": str(args.partitions),
+        "SESMON_STATS_EVERY_S": str(STATS_EVERY_S),
+        "SESMON_INGEST_GROUP_MAX": str(group_max),
+    }
+    stats = StatsReader(settings)
+    messages = readings(device_ids, args.readings)
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.Queue()
+    publisher = ctx.Process(target=publish, args=(mqtt_port, messages, result))
+    log_path = work / f"{tag}.log"
+    proc = start_ingest(env, log_path)
+    try:
+        ingest_stats(stats, proc.pid, lambda s: s.get("mqtt_connected"), 60)
+        if mode == "backlog":
+            stop_ingest(proc)  # its persistent session keeps the subscription: the broker queues
+            publisher.start()
+            pub_started, pub_done = result.get(timeout=900)
+            proc = start_ingest(env, log_path)
+            ingest_stats(stats, proc.pid, bool, 60)
+            began = stats.history[("ingest", proc.pid)][0][0]
+            cpu0 = (proc_rss_cpu(proc.pid) or (0, 0.0))[1]
+        else:
+            cpu0 = (proc_rss_cpu(proc.pid) or (0, 0.0))[1]
+            publisher.start()
+            pub_started, pub_done = result.get(timeout=900)
+            began = pub_started
+        done = ingest_stats(stats, proc.pid, lambda s: s.get("produced", 0) >= args.readings, 900)
+        ended = done["at"] / 1000
+        cpu1 = (proc_rss_cpu(proc.pid) or (0, 0.0))[1]
+        publisher.join(30)
+    finally:
+        if proc.poll() is None:
+            stop_ingest(proc)
+        stats.stop()
+    envelopes, records = count_envelopes(settings, args.readings)
+    span = max(ended - began, 1e-9)
+    return {
+        "group_max": group_max,
+        "mode": mode,
+        "readings": args.readings,
+        "readings_per_s": args.readings / span,
+        "publisher_per_s": args.readings / max(pub_done - pub_started, 1e-9),
+        "cpu_s_per_1000": (cpu1 - cpu0) / (args.readings / 1000),
+        "cpu_share": (cpu1 - cpu0) / span,  # of one core, over the span (live: from ingest's side)
+        "kafka_envelopes": envelopes,
+        "kafka_records": records,
+        "dead_lettered": done.get("dead_lettered", 0),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--readings", type=int, default=200_000)
+    parser.add_argument("--units", type=int, default=2_000)
+    parser.add_argument("--group-max", default="1,500", help="comma-separated; 1 = one record per reading")
+    parser.add_argument("--mode", default="live,backlog", help="live, backlog or both")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--autosave-changes", type=int, default=1_000_000, help="mosquitto autosave_interval")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sesmon-ingest-bench-") as tmp:
+        work = Path(tmp)
+        registry = work / "registry.csv"
+        fleet = generate_fleet(args.units, 0, seed=9)
+        write_registry(fleet, registry)
+        device_ids = [u.device_id for u in fleet]
+        kafka = start_kafka(work / "tansu")
+        broker = start_mqtt(work / "mqtt", autosave_changes=args.autosave_changes)
+        results = []
+        try:
+            for mode in args.mode.split(","):
+                for group_max in (int(g) for g in args.group_max.split(",")):
+                    r = run_one(kafka.port, broker.port, work, registry, device_ids, args, group_max, mode)
+                    results.append(r)
+                    lost = r["readings"] - r["kafka_envelopes"] - r["dead_lettered"]
+                    print(
+                        f"{mode:<8} group-max {group_max:>4}: {r['readings_per_s']:>8,.0f} readings/s, "
+                        f"ingest CPU {r['cpu_s_per_1000'] * 1000:,.0f} ms per 1,000 readings "
+                        f"({r['cpu_share']:.0%} of a core), publisher {r['publisher_per_s']:,.0f}/s, "
+                        f"{r['kafka_records']:,} Kafka records for {r['kafka_envelopes']:,} readings, "
+                        f"lost {lost}",
+                        flush=True,
+                    )
+        finally:
+            broker.stop()
+            kafka.stop()
+    return 0 if all(r["kafka_envelopes"] + r["dead_lettered"] == r["readings"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
