@@ -36,7 +36,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from rules import RuleEngine
-from sesmon.contract.groups import envelopes_of
+from sesmon.contract.groups import GROUP_COUNT_HEADER, encode_group, envelopes_of, partition_of
 from sesmon.contract.registry import Registry
 from sesmon.runtime.health import Health, fatal
 from sesmon.runtime.kafka import client_config, dumps, ensure_topics, stats_record
@@ -47,6 +47,8 @@ from .unit_cache import UnitCache
 log = logging.getLogger("sesmon.streams")
 
 DEVICE_STREAMS = ("telemetry", "events", "status", "reports")
+DUE_INDEX_SLICE = 500  # units indexed between two yields to the event loop
+TICKS_PER_RECORD = 500  # deadman ticks grouped in one Kafka record
 
 
 class KafkaProbe:
@@ -174,7 +176,9 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
     offline_units: set[str] = set()
     ticks_in_flight: set[str] = set()
     due_index: dict[str, int | None] = {}  # device_id -> processing time its tick is due
-    index_rebuild_at = [0]  # next full rebuild of due_index from the table (epoch ms)
+    index_stale = [True]  # rebuild due_index from the table at the next sweep (start, rebalance)
+    ticks_forgotten_at = [0]  # next time ticks_in_flight is cleared (epoch ms)
+    partitions: dict[str, int] = {}  # device id -> its partition (murmur2 in Python is not free)
     online_window_ms = int(settings.heartbeat_s * settings.offline_after_heartbeats * 1000)
     device_topic = app.topic(
         *(settings.topic(s) for s in DEVICE_STREAMS),
@@ -271,6 +275,9 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             cache.put(device_id, out.state, event)
             due_index[device_id] = engine.next_due(out.state)
         counters["ticks_processed" if env.get("type") == "tick" else "processed"] += 1
+        ts = env.get("ts")
+        if isinstance(ts, int) and ts > counters["event_time_ms"]:
+            counters["event_time_ms"] = ts  # the highest device time evaluated: the alerts stage's clock
         if env.get("received_ms"):
             counters["lag_ms_last"] = int(time.time() * 1000) - int(env["received_ms"])
         if out.rejected:
@@ -324,33 +331,66 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             cache.clear()
             counters["rebalances"] += 1
 
+    async def rebuild_due_index() -> None:
+        """Rebuild the due index from the table (start, new partitions): units that went silent
+        before a restart or a rebalance are still caught. Yields to the event loop every few
+        hundred units, so a large table never stalls the agent or Faust's commit timer."""
+        index_stale[0] = False
+        due_index.clear()
+        try:
+            for n, (device_id, state) in enumerate(state_table.items()):
+                due_index[device_id] = engine.next_due(state)
+                if n % DUE_INDEX_SLICE == DUE_INDEX_SLICE - 1:
+                    await asyncio.sleep(0)
+        except Exception:  # a partition closed under us (rebalance): the next sweep tries again
+            index_stale[0] = True
+            log.exception("rebuilding the deadman index failed; retrying at the next sweep")
+        for device_id, state in cache.states().items():  # newer than the table
+            due_index[device_id] = engine.next_due(state)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(_app: Any, assigned: Any = None, **_kw: Any) -> None:
+        index_stale[0] = True
+
     @app.timer(interval=settings.deadman_check_every_s)
     async def deadman() -> None:
         """Processing-time guard: a unit that went silent is noticed live, not at its next reading.
 
         Works from an in-memory index of each unit's next due time, kept by the agent and
-        rebuilt from the table once a minute (and at start, so units that went silent before
-        a restart are still caught), instead of decoding every unit's state every few seconds.
+        rebuilt from the table at start and after a rebalance, instead of decoding every
+        unit's state every few seconds. Due ticks leave as one grouped record per partition
+        (``sesmon.contract.groups``, the partition ingest gives the unit): a fleet falling
+        silent at once costs the agent a few records, not one Faust event per unit.
         """
         now_ms = int(time.time() * 1000)
-        if now_ms >= index_rebuild_at[0]:
-            index_rebuild_at[0] = now_ms + 60_000
+        if index_stale[0]:
+            await rebuild_due_index()
+        if now_ms >= ticks_forgotten_at[0]:
+            ticks_forgotten_at[0] = now_ms + 60_000
             ticks_in_flight.clear()  # a tick lost to a rebalance must not silence a unit for good
-            for device_id, state in [*state_table.items(), *cache.states().items()]:  # newest last
-                try:
-                    due_index[device_id] = engine.next_due(state)
-                except Exception:
-                    counters["rule_errors"] += 1
-                    log.exception("next_due failed for %s", device_id)
+        due_by_partition: dict[int, list[bytes]] = {}
+        n_partitions = settings.kafka_partitions
         for device_id, due in list(due_index.items()):
             if due is None or now_ms < due or device_id in ticks_in_flight:
                 continue
             # the state change happens in the agent, where the table has a current event;
             # at most one tick per unit in flight, however long the agent takes to get to it
             ticks_in_flight.add(device_id)
-            counters["ticks"] += 1
-            tick = {"type": "tick", "device_id": device_id, "now_ms": now_ms}
-            await status_topic.send(key=device_id.encode(), value=dumps(tick))
+            partition = partitions.get(device_id)
+            if partition is None:
+                partition = partitions[device_id] = partition_of(device_id.encode(), n_partitions)
+            due_by_partition.setdefault(partition, []).append(
+                dumps({"type": "tick", "device_id": device_id, "now_ms": now_ms})
+            )
+        for partition, ticks in due_by_partition.items():
+            counters["ticks"] += len(ticks)
+            for start in range(0, len(ticks), TICKS_PER_RECORD):
+                group = ticks[start : start + TICKS_PER_RECORD]
+                await status_topic.send(
+                    value=encode_group(group),
+                    partition=partition,
+                    headers=[(GROUP_COUNT_HEADER, str(len(group)).encode())],
+                )
 
     def input_pending() -> int | None:
         """Records in our assigned input partitions not yet evaluated (None: Kafka not asked yet)."""

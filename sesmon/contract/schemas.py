@@ -370,7 +370,8 @@ class DispatchAction(BaseModel):
 
 
 class Receiver(BaseModel):
-    kind: Literal["firm", "user_unit", "centre", "regulator"]
+    # rescue (level 2: nearest rescue station) and fire (level 3: 119): issue 10's escalation
+    kind: Literal["firm", "user_unit", "centre", "rescue", "fire", "regulator"]
     id: str
 
 

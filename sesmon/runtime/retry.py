@@ -34,6 +34,7 @@ def retrying(
     initial_s: float = 0.05,
     max_wait_s: float = 5.0,
     give_up_after_s: float | None = None,
+    max_attempts: int | None = None,
     what: str = "operation",
 ) -> Retrying:
     """A tenacity ``Retrying`` whose waits end early (with :class:`Stopping`) once ``stop_event`` is set.
@@ -50,6 +51,8 @@ def retrying(
     def stop(state: RetryCallState) -> bool:
         if event.is_set():
             return True
+        if max_attempts is not None and state.attempt_number >= max_attempts:
+            return True  # the caller's budget (e.g. webhook tries): the last error is raised
         return give_up_after_s is not None and stop_after_delay(give_up_after_s)(state)
 
     def before_sleep(state: RetryCallState) -> None:

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     ingest_group_max_bytes: int = 256 * 1024  # ... and bytes: well below Kafka's 1 MB record limit
     ingest_group_linger_ms: float = 20.0  # a group leaves this long after its first envelope at most
     ingest_shared_group: str = ""  # set: subscribe as $share/<group>/... (several ingest processes)
+    # MQTT receive path: "session" (ingest/mqtt_session.py, ~3 µs a message) or "paho" (~90 µs)
+    ingest_mqtt_client: str = Field("session", pattern="^(session|paho)$")
     mqtt_client_id: str = "sesmon-ingest"
     mqtt_keepalive_s: int = 30
 
@@ -85,6 +87,21 @@ class Settings(BaseSettings):
     centre_id: str = "96333"
     alerts_mqtt_client_id: str = "sesmon-alerts"
     alerts_max_inflight: int = 10  # publishes awaiting PUBACK: what a crash of this stage can repeat
+    # escalation clock (domain.md §1.6, Guangzhou 96333; TSG T5002-2017): device time from opened_at
+    alerts_accept_s: float = 300  # not accepted 5 min after the alert opened -> level 2 (rescue station)
+    alerts_on_site_s: float = 1800  # not on site 30 min after -> level 3 (119) + SLA breach
+    alerts_on_site_s_by_district: dict[str, float] = {}  # {"<district>": 3600}: 1 h outside 设区的市
+    alerts_accident_s: float = 7200  # trapped >= 2 h -> 一般事故 (general accident), the regulator
+    alerts_clock_levels: list[str] = ["P1"]  # alert levels that run the clock
+    alerts_accident_rules: list[str] = ["elevator.trapped", "elevator.power_loss_occupied"]
+    alerts_clock_max_ahead_s: float = 300  # a device time this far past the wall clock does not move it
+    alerts_routing_file: Path | None = None  # routing as data (None: the shipped alerts/routing.yaml)
+    alerts_stations_file: Path | None = None  # rescue stations CSV (None: the shipped alerts/stations.csv)
+    alerts_webhook_timeout_s: float = 5.0  # connect and read timeout of one webhook attempt
+    alerts_webhook_tries: int = 6  # attempts per webhook delivery before it is dead-lettered
+    alerts_webhook_backoff_s: float = 0.5  # first retry wait (exponential with jitter from there)
+    alerts_webhook_backoff_max_s: float = 30.0  # longest wait between two attempts
+    alerts_webhook_queue: int = 1000  # deliveries waiting per webhook target; beyond: dead-lettered
 
     # --- store ---
     influx_api: str = Field("auto", pattern="^(auto|v1|v2)$")  # auto: /ping X-Influxdb-Version 1.x -> v1
