@@ -42,6 +42,7 @@ from sesmon.runtime.health import Health, fatal
 from sesmon.runtime.kafka import client_config, dumps, ensure_topics, stats_record
 from sesmon.runtime.settings import Settings
 
+from .faust_private import limit_fetch_wait
 from .unit_cache import UnitCache
 
 log = logging.getLogger("sesmon.streams")
@@ -139,6 +140,7 @@ def reload_registry_safely(registry: Registry, counters: Counter[str]) -> bool:
 
 def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine | None = None) -> faust.App:
     engine = engine or RuleEngine()
+    limit_fetch_wait(settings.worker_fetch_wait_ms)  # Faust's 1.5 s is a latency floor on Tansu
     ensure_topics(settings)
     datadir = settings.data_dir / "streams"
     datadir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +160,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         topic_allow_declare=True,
         stream_wait_empty=False,
         producer_linger=0.005,
+        producer_max_batch_size=512 * 1024,
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
     )
@@ -234,15 +237,16 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             ]
             await deadletter_topic.send(key=device_id.encode(), value=raw, headers=headers)
 
-    cache = UnitCache(state_table, settings.worker_cache_units)
+    cache = UnitCache(state_table, settings.worker_cache_units, settings.worker_state_max_age_s)
     lock = asyncio.Lock()  # a batch and a checkpoint never interleave
     pending: list[Any] = []  # input events evaluated but not yet acked (acked at the next checkpoint)
     stream_holder: list[Any] = []
     last_checkpoint = [time.monotonic()]
 
-    async def checkpoint() -> None:
-        """Write the units changed since the last checkpoint, then ack their input (lock held)."""
-        written = cache.flush()
+    async def checkpoint(force: bool = False) -> None:
+        """Write the units changed (materially, see streams/unit_cache.py) since the last
+        checkpoint, then ack their input (lock held). ``force``: every changed unit."""
+        written = cache.flush(force)
         stream = stream_holder[0] if stream_holder else None
         if stream is not None:
             for event in pending:
@@ -327,7 +331,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         the gap for good; the table is still open here. Then drop the cache: the next owner of a
         partition reads the state just written."""
         async with lock:
-            await checkpoint()
+            await checkpoint(force=True)
             cache.clear()
             counters["rebalances"] += 1
 

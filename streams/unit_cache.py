@@ -2,7 +2,14 @@
 
 Why: a Faust table write costs ≈150 µs with its changelog record (stack.md), more than ten
 readings' rules. The worker therefore keeps each unit's :class:`~rules.state.UnitState` here,
-decoded once, and writes a unit only at a checkpoint and only if it changed since the last one.
+decoded once, and writes a unit only at a checkpoint, and only if it changed *materially*
+since its last write or that write is older than ``max_age_s``. A unit reporting every 10-15 s
+changes between two checkpoints; most readings only move its clocks and sample-and-hold values
+(:data:`VOLATILE_KEYS`), which decide nothing later. What decides something (held readings,
+conditions and their durations, open alerts, counts, hazards, maintenance, the mode) is
+material and written at the next checkpoint. So a crash may leave a unit's volatile fields up
+to ``max_age_s`` old (a reading after it may wait out the lateness bound once; ``last_rx`` is
+older, well inside the deadman's 3 × 60 s), never its held readings or its alerts.
 
 Restart-safety: the worker acks its input records only after the checkpoint that wrote the
 states they changed, so the offsets Faust commits never run ahead of the table. A crash or a
@@ -14,27 +21,53 @@ event would stall the commit for good) and then drops the cache whole (:meth:`cl
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from rules.state import UnitState, load
 
 from .faust_private import as_current_event
+
+#: wire keys of UnitState.to_json that only move a unit's clocks and held values: a change in
+#: them alone does not need a write before ``max_age_s`` (``md``'s time is dropped, its mode kept)
+VOLATILE_KEYS = frozenset({"mx", "wm", "ws", "rx", "sn", "sa", "val", "rt", "due", "late", "md"})
+
+
+def material_signature(state: UnitState) -> int:
+    """Hash of what a unit's later decisions depend on (everything but :data:`VOLATILE_KEYS`)."""
+    wire = state.to_json()
+    material = {k: v for k, v in wire.items() if k not in VOLATILE_KEYS}
+    material["mode"] = state.mode
+    return hash(orjson.dumps(material, option=orjson.OPT_SORT_KEYS))
 
 
 @dataclass(slots=True)
 class _Cached:
     state: UnitState
     event: Any  # an input event of the unit's partition: a RocksDB table write needs one
-    dirty: bool
+    dirty: bool  # changed since its last write
+    signature: int | None = None  # material_signature at its last write (None: never written)
+    written_at: float = 0.0  # monotonic time of its last write (or load)
 
 
 class UnitCache:
     """device_id -> its state, read through from the table, written back at :meth:`flush`."""
 
-    def __init__(self, table: Any, max_units: int = 500_000) -> None:
+    def __init__(
+        self,
+        table: Any,
+        max_units: int = 500_000,
+        max_age_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.table = table
+        self.clock = clock
         self.max_units = max_units
+        self.max_age_s = max_age_s  # 0: write every change
         self._units: dict[str, _Cached] = {}
         self._dirty: set[str] = set()
 
@@ -49,7 +82,8 @@ class UnitCache:
             stored = self.table.get(device_id)
         state = load(stored)
         if state is not None:
-            self._units[device_id] = _Cached(state, event, False)
+            signature = material_signature(state) if self.max_age_s > 0 else None
+            self._units[device_id] = _Cached(state, event, False, signature, self.clock())
         return state
 
     def put(self, device_id: str, state: UnitState, event: Any) -> None:
@@ -63,19 +97,31 @@ class UnitCache:
     def states(self) -> dict[str, UnitState]:
         return {device_id: cached.state for device_id, cached in self._units.items()}
 
-    def flush(self) -> int:
-        """Write every unit changed since the last flush; returns how many were written."""
+    def flush(self, force: bool = False) -> int:
+        """Write the units changed materially since their last write, or changed and last written
+        ``max_age_s`` ago (every changed unit when ``force``: a rebalance); returns how many.
+        A unit left out stays dirty for a later checkpoint."""
         written = 0
+        now = self.clock()
+        keep: set[str] = set()
         for device_id in self._dirty:
             cached = self._units.get(device_id)
             if cached is None or not cached.dirty:
                 continue
+            signature = None
+            if self.max_age_s > 0:
+                signature = material_signature(cached.state)
+                fresh = now - cached.written_at < self.max_age_s
+                if not force and fresh and signature == cached.signature:
+                    keep.add(device_id)
+                    continue
             with as_current_event(cached.event):
                 self.table[device_id] = cached.state
             cached.dirty = False
             cached.event = None  # let the event (and its record) go
+            cached.signature, cached.written_at = signature, now
             written += 1
-        self._dirty.clear()
+        self._dirty = keep
         if len(self._units) > self.max_units:  # bounded memory: forget the clean ones, re-read later
             self._units = {d: c for d, c in self._units.items() if c.dirty}
         return written

@@ -41,3 +41,37 @@ def test_the_private_name_is_used_nowhere_else() -> None:
         if private.search(p.read_text(encoding="utf-8"))
     ]
     assert users == ["streams/faust_private.py"]
+
+
+def test_the_worker_consumer_fetch_wait_is_ours() -> None:
+    """Faust hard-codes fetch_max_wait_ms=1500, which Tansu always waits out when caught up."""
+    import asyncio
+    import inspect
+
+    import aiokafka
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from streams.faust_private import limit_fetch_wait
+
+    async def make() -> aiokafka.AIOKafkaConsumer:  # aiokafka wants a running loop
+        return aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", fetch_max_wait_ms=1500)
+
+    made = asyncio.run(make())
+    assert made._fetch_max_wait_ms == 1500, "aiokafka renamed _fetch_max_wait_ms: limit_fetch_wait is void"
+
+    class Thread:  # just what _create_worker_consumer reads of its consumer thread
+        pass
+
+    limit_fetch_wait(25)
+    limit_fetch_wait(30)  # idempotent: wraps Faust's own method once
+    original = AIOKafkaConsumerThread._sesmon_original_create
+    assert original.__name__ == "_create_worker_consumer"
+    assert "fetch_max_wait_ms" in inspect.getsource(original), "Faust builds its consumer differently now"
+    try:
+        AIOKafkaConsumerThread._sesmon_original_create = lambda self, transport: made
+        limit_fetch_wait(30)
+        consumer = AIOKafkaConsumerThread._create_worker_consumer(Thread(), None)
+    finally:
+        AIOKafkaConsumerThread._sesmon_original_create = original
+        limit_fetch_wait(30)
+    assert consumer is made and consumer._fetch_max_wait_ms == 30

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # units' state is written to the table (and input offsets acked) at most this often; a crash
     # re-evaluates at most this much input from the last commit (alert ids are deterministic)
     worker_checkpoint_s: float = 5.0
+    worker_state_max_age_s: float = 60.0  # a unit changed only in clocks or held values: written this late
+    worker_fetch_wait_ms: int = 20  # longest a worker fetch waits for data (Tansu always waits it out)
     worker_cache_units: int = 500_000  # units' decoded state kept in memory (clean ones forgotten past it)
     worker_batch_within_s: float = 0.1  # a partial batch waits at most this long
     worker_stall_after_s: float = 30.0  # records waiting and no batch done this long: reported as stalled
@@ -87,6 +89,9 @@ class Settings(BaseSettings):
     centre_id: str = "96333"
     alerts_mqtt_client_id: str = "sesmon-alerts"
     alerts_max_inflight: int = 10  # publishes awaiting PUBACK: what a crash of this stage can repeat
+    # longest a Kafka fetch of the alerts stage waits for data: Tansu answers a fetch only when this
+    # runs out (it does not wake it on new data), so it is the floor of record -> page latency there
+    alerts_fetch_wait_ms: int = 20
     # escalation clock (domain.md §1.6, Guangzhou 96333; TSG T5002-2017): device time from opened_at
     alerts_accept_s: float = 300  # not accepted 5 min after the alert opened -> level 2 (rescue station)
     alerts_on_site_s: float = 1800  # not on site 30 min after -> level 3 (119) + SLA breach

@@ -1,0 +1,97 @@
+"""The worker's unit cache writes a unit when it changed materially, or when its last write got old.
+
+Pure: a dict stands in for the Faust table (the cache only reads and writes it by key).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rules.state import AlertEntry, UnitState
+from streams.unit_cache import UnitCache
+
+
+class Event:
+    """What the cache hands Faust as the current event (only weak-referenced here)."""
+
+
+class Table(dict[str, Any]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes.append(key)
+        super().__setitem__(key, value.to_json())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reading_moves_clocks(state: UnitState, ts: int) -> None:
+    """What an in-sequence reading that fires nothing changes: clocks, seq mark, held values."""
+    state.max_ts = state.watermark_ts = ts
+    state.last_rx = ts + 50
+    state.seq_next += 1
+    state.values = {"floor": ts % 7, "moving": True}
+    state.due = ts + 180_000
+
+
+def test_volatile_changes_wait_for_the_max_age_material_ones_do_not() -> None:
+    table, clock, event = Table(), Clock(), Event()
+    cache = UnitCache(table, max_age_s=60.0, clock=clock)
+    state = UnitState("E1", "elevator")
+    cache.put("E1", state, event)
+    assert cache.flush() == 1 and table.writes == ["E1"]  # never written: written
+
+    reading_moves_clocks(state, 10_000)
+    cache.put("E1", state, event)
+    assert cache.flush() == 0  # only clocks and held values moved
+    clock.now += 59
+    assert cache.flush() == 0  # still dirty, still young
+    clock.now += 2
+    assert cache.flush() == 1 and table["E1"]["mx"] == 10_000  # old enough: the kept change is written
+
+    state.reorder.append((20_000, 9, {"moving": True}))  # a reading held behind a gap
+    cache.put("E1", state, event)
+    assert cache.flush() == 1  # held readings are material at once
+
+    state.alerts["elevator.trapped"] = AlertEntry("a1", 20_000, "trapped")
+    cache.put("E1", state, event)
+    assert cache.flush() == 1 and "elevator.trapped" in table["E1"]["a"]
+
+    reading_moves_clocks(state, 30_000)
+    cache.put("E1", state, event)
+    assert cache.flush() == 0
+    assert cache.flush(force=True) == 1 and table["E1"]["mx"] == 30_000  # a rebalance writes all
+    assert cache.flush(force=True) == 0  # nothing changed since
+
+
+def test_a_state_read_from_the_table_is_not_written_back_unchanged() -> None:
+    table, clock, event = Table(), Clock(), Event()
+    writer = UnitCache(table, clock=clock)
+    state = UnitState("E2", "elevator")
+    writer.put("E2", state, event)
+    writer.flush()
+    reader = UnitCache(table, clock=clock)  # a restarted worker
+    loaded = reader.get("E2", event)
+    assert loaded is not None
+    reading_moves_clocks(loaded, 5_000)
+    reader.put("E2", loaded, event)
+    assert reader.flush() == 0 and table.writes == ["E2"]
+
+
+def test_max_age_zero_writes_every_change() -> None:
+    table, event = Table(), Event()
+    cache = UnitCache(table, max_age_s=0)
+    state = UnitState("E3", "elevator")
+    for ts in (1, 2, 3):
+        reading_moves_clocks(state, ts)
+        cache.put("E3", state, event)
+        assert cache.flush() == 1
+    assert table.writes == ["E3"] * 3
