@@ -13,12 +13,20 @@ at most 10,000 PUBACKs owed). For each ``--group-max`` (default ``1,500``) a fre
   for a publisher.
 
 ``--group-max 1`` makes every reading its own Kafka record (one produce and one delivery report
-per reading), as the bridge did before grouped records: the "before" figure. CPU seconds are
-ingest's (utime + stime from /proc) over the measured span, per 1,000 readings. Completion is
-read from ingest's ``pipeline`` counters (every 0.2 s) and checked against the envelopes on Kafka.
+per reading), as the bridge did before grouped records: the "before" figure. ``--mqtt-client``
+picks ingest's receive path (``SESMON_INGEST_MQTT_CLIENT``: its own MQTT session, or paho). CPU
+seconds are ingest's (utime + stime from /proc) over the measured span, per 1,000 readings.
+Completion is read from ingest's ``pipeline`` counters (every 0.2 s) and checked against the
+envelopes on Kafka.
+
+``--parts N`` measures two parts of ingest's cost per message in this process instead: the MQTT
+receive path alone (N QoS 1 readings queued in a persistent session, drained and acked in the
+callback, by paho and by ``ingest.mqtt_session``: CPU of this process per message), and
+validation of one reading (``parse_mqtt`` + ``model_dump`` vs ``device_envelope``, timeit).
 
 Usage: python bench/ingest_bench.py [--readings 200000] [--units 2000] [--group-max 1,500]
-                                    [--mode live,backlog] [--partitions 4]
+                                    [--mode live,backlog] [--partitions 4] [--mqtt-client session,paho]
+       python bench/ingest_bench.py --parts 50000
 """
 
 from __future__ import annotations
@@ -129,6 +137,7 @@ def run_one(
     args: Any,
     group_max: int,
     mode: str,
+    mqtt_client: str = "session",
 ) -> dict[str, Any]:
     tag = f"g{group_max}{mode}{time.monotonic_ns() % 10**8}"
     settings = Settings(
@@ -151,6 +160,7 @@ def run_one(
         "SESMON_KAFKA_PARTITIONS": str(args.partitions),
         "SESMON_STATS_EVERY_S": str(STATS_EVERY_S),
         "SESMON_INGEST_GROUP_MAX": str(group_max),
+        "SESMON_INGEST_MQTT_CLIENT": mqtt_client,
     }
     stats = StatsReader(settings)
     messages = readings(device_ids, args.readings)
@@ -187,6 +197,7 @@ def run_one(
     return {
         "group_max": group_max,
         "mode": mode,
+        "mqtt_client": mqtt_client,
         "readings": args.readings,
         "readings_per_s": args.readings / span,
         "publisher_per_s": args.readings / max(pub_done - pub_started, 1e-9),
@@ -196,6 +207,97 @@ def run_one(
         "kafka_records": records,
         "dead_lettered": done.get("dead_lettered", 0),
     }
+
+
+def drain_cpu_us(
+    port: int, count: int, messages: list[tuple[str, bytes]], client: str
+) -> tuple[float, float]:
+    """(CPU µs per message, messages/s) to drain ``count`` queued QoS 1 messages and ack each one."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from ingest.mqtt_session import MqttSession
+    from sesmon.runtime.mqtt import connect_async, make_client
+
+    settings = Settings(mqtt_url=f"mqtt://127.0.0.1:{port}")
+    client_id = f"drain-{client}-{time.monotonic_ns()}"
+    subscribed, done = threading.Event(), threading.Event()
+    got = [0]
+    session = MqttSession(
+        settings, client_id, [("sesmon/v1/#", 1)], print, on_subscribed=lambda _c: subscribed.set()
+    )
+    session.start()
+    subscribed.wait(30)
+    session.close()
+    publisher = Publisher(port, f"drain-pub-{time.monotonic_ns()}")
+    for topic, payload in messages[:count]:
+        publisher.publish(topic, payload)
+    publisher.flush(600)
+    publisher.close()
+    start = time.perf_counter()
+    cpu0 = time.process_time()
+    if client == "session":
+
+        def on_message(_topic: bytes, _payload: bytes, mid: int, qos: int) -> None:
+            got[0] += 1
+            drain.ack(mid, qos)
+            if got[0] >= count:
+                done.set()
+
+        drain = MqttSession(settings, client_id, [("sesmon/v1/#", 1)], on_message).start()
+        done.wait(600)
+        cpu = time.process_time() - cpu0
+        drain.close()
+    else:
+        paho = make_client(settings, client_id, clean_session=False, manual_ack=True)
+
+        def on_paho(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            got[0] += 1
+            c.ack(msg.mid, msg.qos)
+            if got[0] >= count:
+                done.set()
+
+        paho.on_message = on_paho
+        connect_async(paho, settings)
+        done.wait(600)
+        cpu = time.process_time() - cpu0
+        paho.disconnect()
+        paho.loop_stop()
+    return cpu / got[0] * 1e6, got[0] / (time.perf_counter() - start)
+
+
+def parts(args: Any, device_ids: list[str], work: Path) -> None:
+    """The MQTT receive path alone (paho vs ingest's session), then validation (pydantic vs fast)."""
+    import timeit
+
+    from sesmon.contract.fast_envelope import device_envelope
+    from sesmon.contract.registry import Registry
+    from sesmon.contract.schemas import parse_mqtt
+    from sesmon.runtime.kafka import dumps
+
+    messages = readings(device_ids, args.parts)
+    broker = start_mqtt(work / "mqtt-parts", autosave_changes=args.autosave_changes)
+    try:
+        for client in ("paho", "session"):
+            cpu_us, rate = drain_cpu_us(broker.port, args.parts, messages, client)
+            print(
+                f"MQTT receive + PUBACK, {client:<7}: {cpu_us:6.1f} µs CPU a message, "
+                f"{rate:>9,.0f} messages/s"
+            )
+    finally:
+        broker.stop()
+    known = Registry.load(work / "registry.csv").kind_of
+    topic, payload = messages[0]
+    paths = {
+        "parse_mqtt + model_dump": lambda: dumps(
+            parse_mqtt(topic, payload, T0_MS, known_device=known).model_dump(mode="json")
+        ),
+        "device_envelope": lambda: device_envelope(topic, payload, T0_MS, known_device=known),
+    }
+    for name, path in paths.items():
+        best = min(timeit.repeat(path, number=2_000, repeat=25)) / 2_000
+        print(f"validation, {name:<23}: {best * 1e6:6.1f} µs a message (best of 25 x 2,000)")
 
 
 def main() -> int:
@@ -208,6 +310,10 @@ def main() -> int:
     parser.add_argument("--mode", default="live,backlog", help="live, backlog or both")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--autosave-changes", type=int, default=1_000_000, help="mosquitto autosave_interval")
+    parser.add_argument("--mqtt-client", default="session", help="session, paho or both (comma-separated)")
+    parser.add_argument(
+        "--parts", type=int, default=0, help="measure receive and validation alone, N messages"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sesmon-ingest-bench-") as tmp:
         work = Path(tmp)
@@ -215,23 +321,34 @@ def main() -> int:
         fleet = generate_fleet(args.units, 0, seed=9)
         write_registry(fleet, registry)
         device_ids = [u.device_id for u in fleet]
+        if args.parts:
+            parts(args, device_ids, work)
+            return 0
         kafka = start_kafka(work / "tansu")
         broker = start_mqtt(work / "mqtt", autosave_changes=args.autosave_changes)
         results = []
         try:
-            for mode in args.mode.split(","):
-                for group_max in (int(g) for g in args.group_max.split(",")):
-                    r = run_one(kafka.port, broker.port, work, registry, device_ids, args, group_max, mode)
-                    results.append(r)
-                    lost = r["readings"] - r["kafka_envelopes"] - r["dead_lettered"]
-                    print(
-                        f"{mode:<8} group-max {group_max:>4}: {r['readings_per_s']:>8,.0f} readings/s, "
-                        f"ingest CPU {r['cpu_s_per_1000'] * 1000:,.0f} ms per 1,000 readings "
-                        f"({r['cpu_share']:.0%} of a core), publisher {r['publisher_per_s']:,.0f}/s, "
-                        f"{r['kafka_records']:,} Kafka records for {r['kafka_envelopes']:,} readings, "
-                        f"lost {lost}",
-                        flush=True,
-                    )
+            runs = [
+                (mode, int(group_max), client)
+                for mode in args.mode.split(",")
+                for group_max in args.group_max.split(",")
+                for client in args.mqtt_client.split(",")
+            ]
+            for mode, group_max, client in runs:
+                r = run_one(
+                    kafka.port, broker.port, work, registry, device_ids, args, group_max, mode, client
+                )
+                results.append(r)
+                lost = r["readings"] - r["kafka_envelopes"] - r["dead_lettered"]
+                print(
+                    f"{mode:<8} {client:<7} group-max {group_max:>4}: "
+                    f"{r['readings_per_s']:>8,.0f} readings/s, "
+                    f"ingest CPU {r['cpu_s_per_1000'] * 1000:,.0f} ms per 1,000 readings "
+                    f"({r['cpu_share']:.0%} of a core), publisher {r['publisher_per_s']:,.0f}/s, "
+                    f"{r['kafka_records']:,} Kafka records for {r['kafka_envelopes']:,} readings, "
+                    f"lost {lost}",
+                    flush=True,
+                )
         finally:
             broker.stop()
             kafka.stop()

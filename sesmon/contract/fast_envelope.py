@@ -1,0 +1,366 @@
+"""The common device message validated without pydantic: same contract, same envelope bytes.
+
+Why: ingest validated every reading with ``model_validate`` + ``model_dump`` twice over (body,
+then envelope), about 55 µs a message, a quarter of ingest's cost per reading (issue 9). Almost
+every message is a well-formed telemetry, event or status body with the schema's own fields in
+their JSON types, so :func:`device_envelope` checks exactly those and writes the envelope's JSON
+(``orjson``) directly, in a few µs.
+
+What it promises: it returns the bytes :func:`~sesmon.contract.schemas.parse_mqtt` and
+``orjson.dumps(env.model_dump(mode="json"))`` would give, byte for byte, or ``None``, and then
+the caller runs ``parse_mqtt``. It never rejects anything itself: whatever is unusual (RFC 3339
+``ts`` text, a value of another type or out of range, ``null`` where the schema has none, an
+unknown or misregistered unit, a body nested deeper than allowed, reports, dispatch, vendor
+topics) takes the pydantic path, which says why. ``tests/test_ingest_fast_envelope.py`` checks
+fast == slow over generated bodies (hypothesis).
+
+The checks are derived from the pydantic models at import (field order, types, ``ge``/``le``
+bounds), so a new field of a plain shape needs nothing here; a field this module cannot judge
+exactly (a new validator, pattern or type) disables the fast path for that message kind rather
+than guessing, and the test that every device model has a fast path then fails loudly. Each
+model's field table is compiled once into straight-line Python (:func:`_compile`, as
+``dataclasses`` does for ``__init__``): a loop over the table with a call per field cost twice
+as much.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import annotated_types
+import orjson
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic.types import Strict
+
+from sesmon.contract.schemas import (
+    DEVICE_ID_RE,
+    EVENT_CODES,
+    JSON_DEPTH_CEILING,
+    MAX_TS_MS,
+    MIN_TS_MS,
+    MODE_CODES,
+    TELEMETRY_MODELS,
+    TOPIC_ROOT,
+    DeviceEvent,
+    DeviceStatus,
+    ElevatorMode,
+    Kind,
+    json_depth_exceeds,
+    to_epoch_ms,
+)
+
+# pydantic matches ``pattern`` with Rust's regex, where ``$`` is the end of the text; Python's
+# ``re.match`` would also take a trailing newline there, so the fast path uses ``fullmatch``
+_DEVICE_ID = re.compile(DEVICE_ID_RE.pattern.removeprefix("^").removesuffix("$"))
+_TOPIC_HEAD = TOPIC_ROOT.split("/")
+_MISSING: Any = object()
+
+
+class FastEnvelope(NamedTuple):
+    """What ingest needs of a validated device message: its stream, key, device time and bytes."""
+
+    type: str  # telemetry | event | status
+    device_id: str
+    ts: int
+    value: bytes  # orjson.dumps(Envelope.model_dump(mode="json")), exactly
+
+
+class _Field(NamedTuple):
+    """One model field as pydantic judges it (strict mode) and dumps it (mode="json", exclude_none)."""
+
+    name: str
+    #: bool | str | dict | int | float | literal | epoch_ms | device_id | enum
+    kind: str
+    nullable: bool  # ``None`` is allowed (and then left out of the body: exclude_none)
+    required: bool
+    default: Callable[[], Any] | None = None  # default_factory of a field dumped when absent
+    low: float | None = None  # ge
+    high: float | None = None  # le
+    allowed: frozenset[str] = frozenset()  # literal / enum values
+    codes: dict[int, str] | None = None  # enum: numeric codes and the value each stands for
+
+
+#: judge(data) -> (body, fields present, a value is an object) or None: not plainly valid
+Judge = Callable[[dict[str, Any]], "tuple[dict[str, Any], int, bool] | None"]
+
+
+class _Spec(NamedTuple):
+    type: str
+    kind: str  # Kind's value
+    names: frozenset[str]  # the model's fields
+    judge: Judge
+    codes: frozenset[str] | None  # events: the kind's event codes
+
+
+def _compile(fields: tuple[_Field, ...]) -> Judge:
+    """One model's field table as straight-line code: each check inline, the body in field order.
+
+    The generated function reads every field with ``data.get``, refuses (None) whatever pydantic
+    would refuse or dump differently, leaves out nulls, fills defaults, converts ints in float
+    fields to floats, and counts the fields present (the caller handles extra fields).
+    """
+    env: dict[str, Any] = {"_MISSING": _MISSING, "_DEVICE_ID": _DEVICE_ID.fullmatch}
+    env.update(MIN_TS_MS=MIN_TS_MS, MAX_TS_MS=MAX_TS_MS)
+    code = [
+        "def judge(data):",
+        "    get = data.get",
+        "    body = {}",
+        "    present = 0",
+        "    nested = False",
+    ]
+    for i, field in enumerate(fields):
+        name = repr(field.name)
+        code.append(f"    v = get({name}, _MISSING)")
+        if field.required:
+            code += ["    if v is _MISSING:", "        return None"]
+        else:
+            absent = "        pass"
+            if field.default is not None:
+                env[f"default_{i}"] = field.default
+                absent = f"        body[{name}] = default_{i}()"
+            code += ["    if v is _MISSING:", absent]
+        code += ["    else:", "        present += 1", "        if v is None:"]
+        code.append("            pass" if field.nullable else "            return None")
+        code.append("        else:")
+        code += [f"            {line}" for line in _checks(field, i, env)]
+        code.append(f"            body[{name}] = v")
+    code.append("    return body, present, nested")
+    exec("\n".join(code), env)  # generated from the models' own field table only
+    return env["judge"]  # type: ignore[no-any-return]
+
+
+def _bounds_code(field: _Field) -> str:
+    tests = []
+    if field.low is not None:
+        tests.append(f"v < {field.low!r}")
+    if field.high is not None:
+        tests.append(f"v > {field.high!r}")
+    return " or ".join(tests)
+
+
+def _checks(field: _Field, i: int, env: dict[str, Any]) -> list[str]:
+    """Lines that return None unless ``v`` is valid, leaving in ``v`` the value model_dump writes."""
+    kind = field.kind
+    if kind in ("bool", "str", "dict"):
+        lines = [f"if type(v) is not {kind}:", "    return None"]
+        return [*lines, "nested = True"] if kind == "dict" else lines
+    if kind == "epoch_ms":  # RFC 3339 text goes the slow way (to_epoch_ms parses it); bools, floats fail
+        return ["if type(v) is not int or v < MIN_TS_MS or v > MAX_TS_MS:", "    return None"]
+    if kind == "device_id":
+        return ["if type(v) is not str or not _DEVICE_ID(v):", "    return None"]
+    if kind == "int":  # strict: a bool or a float (even 1.0) is not an int
+        bounds = _bounds_code(field)
+        return [f"if type(v) is not int{' or ' + bounds if bounds else ''}:", "    return None"]
+    if kind == "float":  # strict float takes an int (and dumps it as a float), not a bool
+        lines = ["t = type(v)", "if t is int:", "    v = float(v)", "elif t is not float:", "    return None"]
+        bounds = _bounds_code(field)
+        return [*lines, f"if {bounds}:", "    return None"] if bounds else lines
+    env[f"allowed_{i}"] = field.allowed
+    if kind == "literal":
+        return [f"if type(v) is not str or v not in allowed_{i}:", "    return None"]
+    assert kind == "enum", kind  # lax StrEnum: its value text, or a numeric code the model maps
+    env[f"codes_{i}"] = field.codes or {}
+    return [
+        "t = type(v)",
+        "if t is int:",
+        f"    v = codes_{i}.get(v)",
+        "    if v is None:",
+        "        return None",
+        f"elif t is not str or v not in allowed_{i}:",
+        "    return None",
+    ]
+
+
+# --------------------------------------------------------------------------- derived from the models
+
+
+class _Unsupported(Exception):
+    """A field this module cannot judge exactly as pydantic does: the model gets no fast path."""
+
+
+def _bounds(metadata: list[Any]) -> tuple[float | None, float | None]:
+    low = high = None
+    for item in metadata:
+        if isinstance(item, annotated_types.Ge):
+            low = item.ge
+        elif isinstance(item, annotated_types.Le):
+            high = item.le
+        else:
+            raise _Unsupported(f"constraint {item!r}")
+    return low, high
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool, list[Any]]:
+    """``X | None`` / ``Annotated[X, Field(...)] | None`` -> (X, nullable, metadata inside Annotated)."""
+    nullable = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            raise _Unsupported(f"union {annotation!r}")
+        annotation, nullable = args[0], True
+    metadata: list[Any] = []
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation, *extra = typing.get_args(annotation)
+        for item in extra:
+            metadata.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+    return annotation, nullable, metadata
+
+
+def _field_of(name: str, info: FieldInfo, validated: dict[str, set[str]]) -> _Field:
+    annotation, nullable, inner = _unwrap(info.annotation)
+    metadata = [*info.metadata, *inner]
+    required = info.is_required()
+    default = info.default_factory if info.default_factory is not None else None
+    if not required and default is None and info.default is not None:
+        raise _Unsupported(f"{name}: default {info.default!r}")  # dumped when absent: not handled
+    strict = [m for m in metadata if isinstance(m, Strict)]
+    rest = [m for m in metadata if not isinstance(m, Strict)]
+    field = partial(_Field, name, nullable=nullable, required=required, default=default)
+    if name == "device_id":
+        if annotation is not str or [getattr(m, "pattern", None) for m in rest] != [DEVICE_ID_RE.pattern]:
+            raise _Unsupported("device_id")
+        return field("device_id")
+    if any(getattr(m, "func", None) is to_epoch_ms for m in rest):
+        if annotation is not int or len(rest) != 1:
+            raise _Unsupported(f"{name}: epoch ms")
+        return field("epoch_ms")
+    if name in validated:
+        # the one field validator the models have: ElevatorTelemetry's numeric service-mode codes
+        if name != "mode" or annotation is not ElevatorMode or validated[name] != {"_mode_code"}:
+            raise _Unsupported(f"{name}: field validator {validated[name]}")
+        if rest or strict != [Strict(False)]:
+            raise _Unsupported(f"{name}: enum metadata")
+        values = frozenset(member.value for member in annotation)
+        return field("enum", allowed=values, codes={code: mode.value for code, mode in MODE_CODES.items()})
+    if strict:
+        raise _Unsupported(f"{name}: strictness of its own")
+    if annotation in (bool, str) and not rest:
+        return field(annotation.__name__)
+    if annotation in (int, float):
+        return field(annotation.__name__, low=_bounds(rest)[0], high=_bounds(rest)[1])
+    if typing.get_origin(annotation) is typing.Literal and not rest:
+        allowed = typing.get_args(annotation)
+        if not all(type(a) is str for a in allowed):
+            raise _Unsupported(f"{name}: literal {allowed!r}")
+        return field("literal", allowed=frozenset(allowed))
+    if annotation == dict[str, Any] and not rest and default is dict:
+        return field("dict")
+    raise _Unsupported(f"{name}: {info.annotation!r}")
+
+
+def _fields_of(model: type[BaseModel]) -> tuple[_Field, ...]:
+    config = model.model_config
+    if config.get("extra") != "allow" or config.get("strict") is not True:
+        raise _Unsupported(f"{model.__name__}: config {config!r}")
+    decorators = model.__pydantic_decorators__
+    if decorators.model_validators or decorators.field_serializers or decorators.model_serializers:
+        raise _Unsupported(f"{model.__name__}: model validators or serializers")
+    validated: dict[str, set[str]] = {}  # field -> names of its validators
+    for validator_name, validator in decorators.field_validators.items():
+        if validator.info.mode != "before":
+            raise _Unsupported(f"{model.__name__}: {validator.info.mode} validator")
+        for field_name in validator.info.fields:
+            validated.setdefault(field_name, set()).add(validator_name)
+    return tuple(_field_of(n, f, validated) for n, f in model.model_fields.items())
+
+
+def _spec(type_: str, kind: Kind, model: type[BaseModel]) -> _Spec | None:
+    try:
+        fields = _fields_of(model)
+    except _Unsupported:
+        return None
+    return _Spec(
+        type=type_,
+        kind=kind.value,
+        names=frozenset(f.name for f in fields),
+        judge=_compile(fields),
+        codes=EVENT_CODES[kind] if type_ == "event" else None,
+    )
+
+
+_LEAVES: dict[str, tuple[str, type[BaseModel] | None]] = {
+    "telemetry": ("telemetry", None),
+    "event": ("event", DeviceEvent),
+    "status": ("status", DeviceStatus),
+}
+#: (kind, leaf) -> how to judge it; None: no fast path for that model
+SPECS: dict[tuple[str, str], _Spec | None] = {
+    (kind.value, leaf): _spec(type_, kind, model or TELEMETRY_MODELS[kind])
+    for kind in Kind
+    for leaf, (type_, model) in _LEAVES.items()
+}
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+def device_envelope(
+    topic: str,
+    payload: bytes,
+    received_ms: int,
+    *,
+    known_device: Callable[[str], Any] | None = None,
+    max_bytes: int = 64 * 1024,
+    max_depth: int = 32,
+) -> FastEnvelope | None:
+    """A device message's envelope bytes if it is a plainly valid one, else None: ask ``parse_mqtt``.
+
+    Same arguments as :func:`~sesmon.contract.schemas.parse_mqtt` (``known_device``: the
+    registry's ``device_id -> kind | None``).
+    """
+    if len(payload) > max_bytes or type(received_ms) is not int:
+        return None
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != _TOPIC_HEAD[0] or parts[1] != _TOPIC_HEAD[1]:
+        return None
+    spec = SPECS.get((parts[2], parts[4]))
+    if spec is None:
+        return None
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    device_id = parts[3]
+    if type(data) is not dict or data.get("device_id") != device_id:
+        return None
+    judged = spec.judge(data)
+    if judged is None:
+        return None
+    body, present, nested = judged
+    if present != len(data):  # extra fields: kept as they came, after the model's own, nulls left out
+        names = spec.names
+        for name, value in data.items():
+            if name in names or value is None:  # exclude_none applies to extra fields (not inside them)
+                continue
+            if type(value) is dict or type(value) is list:
+                nested = True
+            body[name] = value
+    limit = min(max_depth, JSON_DEPTH_CEILING)
+    if (nested or limit < 1) and json_depth_exceeds(payload, limit):
+        return None
+    if spec.codes is not None and body["code"] not in spec.codes:
+        return None
+    kind = spec.kind
+    if known_device is not None and known_device(device_id) != kind:
+        return None  # unknown_device or wrong_kind: the slow path says which
+    ts = body["ts"]
+    envelope = {
+        "type": spec.type,
+        "kind": kind,
+        "device_id": device_id,
+        "report": None,
+        "alert_id": None,
+        "mqtt_topic": topic,
+        "received_ms": received_ms,
+        "ts": ts,
+        "seq": body["seq"],
+        "body": body,
+        "publisher": None,
+    }
+    return FastEnvelope(spec.type, device_id, ts, orjson.dumps(envelope))
