@@ -462,6 +462,11 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         if registry is not None:
             reload_registry_safely(registry, counters)
 
+    # Faust's conductor stops handing us input while more than ``max_messages`` (100) changelog
+    # records wait to be sent, so a checkpoint of thousands of units stalled evaluation until
+    # they were all out. Let them drain alongside evaluation; Faust still flushes them all
+    # before it commits offsets.
+    app.producer.buffer.max_messages = settings.worker_changelog_buffer
     app.sesmon_counters = counters  # type: ignore[attr-defined]
     return app
 

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     worker_checkpoint_s: float = 5.0
     worker_state_max_age_s: float = 60.0  # a unit changed only in clocks or held values: written this late
     worker_fetch_wait_ms: int = 20  # longest a worker fetch waits for data (Tansu always waits it out)
+    worker_changelog_buffer: int = 20_000  # state writes queued before Faust pauses input (its default: 100)
     worker_cache_units: int = 500_000  # units' decoded state kept in memory (clean ones forgotten past it)
     worker_batch_within_s: float = 0.1  # a partial batch waits at most this long
     worker_stall_after_s: float = 30.0  # records waiting and no batch done this long: reported as stalled
