@@ -42,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.stations import DEFAULT_STATIONS, Stations, StationsError
+from sesmon.contract.problems import DocumentError
 from sesmon.contract.registry import Unit
 from sesmon.contract.schemas import Alert, Kind, Level, Receiver
 from sesmon.runtime.settings import Settings
@@ -59,15 +60,11 @@ _URL_FIELD = re.compile(r"\{([^{}]*)\}")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class RoutingError(ValueError):
+class RoutingError(DocumentError):
     """The routing file is unusable; ``problems`` lists everything found (file, line, route, key)."""
 
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        shown = "\n  ".join(problems[:30])
-        more = f"\n  … and {len(problems) - 30} more" if len(problems) > 30 else ""
-        super().__init__(f"routing file {path}: {len(problems)} problem(s)\n  {shown}{more}")
-        self.path = path
-        self.problems = problems
+    what = "routing file"
+    shown_max = 30
 
 
 # --------------------------------------------------------------------------- the file's shape

@@ -17,21 +17,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sesmon.contract.problems import DocumentError
+
 #: the shipped file: Guangzhou fire-rescue stations, one per district at least (positions approximate)
 DEFAULT_STATIONS = Path(__file__).with_name("stations.csv")
 COLUMNS = ("id", "name", "district", "lat", "lon", "approximate", "source")
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 
 
-class StationsError(ValueError):
+class StationsError(DocumentError):
     """The stations file is unusable; ``problems`` lists every bad line."""
 
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"stations {path}: {len(problems)} problem(s)\n  {shown}{more}")
-        self.path = path
-        self.problems = problems
+    what = "stations"
 
 
 class _Row(BaseModel):

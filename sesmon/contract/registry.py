@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from sesmon.contract.problems import DocumentError
 from sesmon.contract.schemas import DEVICE_ID_RE, Kind
 
 DISTRICTS = ("越秀", "海珠", "荔湾", "天河", "白云", "黄埔", "番禺", "花都", "南沙", "从化", "增城")
@@ -123,14 +124,10 @@ class Unit(BaseModel):
         return row
 
 
-class RegistryError(ValueError):
+class RegistryError(DocumentError):
     """The registry file is unusable; ``problems`` lists every bad line."""
 
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"registry {path}: {len(problems)} problem(s)\n  {shown}{more}")
-        self.problems = problems
+    what = "registry"
 
 
 @dataclass
