@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+#: rows per INSERT statement of record_many (4 variables a row, well under SQLite's limit)
+RECORD_CHUNK = 250
 #: topic of a legacy row (the old per-change table): every receiver of that change had it
 ALL_RECEIVERS = "*"
 
@@ -62,14 +64,20 @@ class DeliveryLog:
             )
 
     def record_many(self, rows: Iterable[tuple[str, str, str]]) -> None:
-        """(key, topic, item_id) rows in one transaction."""
+        """(key, topic, item_id) rows, committed before this returns: one multi-row INSERT (one
+        statement, so one transaction and one call into SQLite) per ``RECORD_CHUNK`` rows. The
+        alerts stage's pager records each burst of PUBACKs so; every call it makes gives the GIL
+        away and waits for it again, and BEGIN, executemany, COMMIT were three."""
         now = int(time.time() * 1000)
+        rows = list(rows)
         with self._lock:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                "INSERT OR IGNORE INTO pages VALUES (?, ?, ?, ?)", [(k, t, i, now) for k, t, i in rows]
-            )
-            self.db.execute("COMMIT")
+            for at in range(0, len(rows), RECORD_CHUNK):
+                chunk = rows[at : at + RECORD_CHUNK]
+                values = ",".join(["(?, ?, ?, ?)"] * len(chunk))  # placeholders only
+                self.db.execute(
+                    f"INSERT OR IGNORE INTO pages VALUES {values}",
+                    [v for k, t, i in chunk for v in (k, t, i, now)],
+                )
 
     def missing(self, key: str, topics: Iterable[str]) -> list[str]:
         """The topics of ``topics`` that have not had this change yet (in the given order)."""

@@ -130,6 +130,18 @@ class IncidentStore:
             row = self.db.execute("SELECT body FROM incidents WHERE alert_id = ?", (alert_id,)).fetchone()
         return Incident.from_json(row[0]) if row else None
 
+    def get_many(self, alert_ids: Iterable[str]) -> dict[str, Incident]:
+        """The stored incidents among ``alert_ids`` (one query per 500: the stage asks per batch)."""
+        ids = list(dict.fromkeys(alert_ids))
+        rows: list[tuple[str, bytes]] = []
+        with self._lock:
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT alert_id, body FROM incidents WHERE alert_id IN ({marks})"  # placeholders only
+                rows += self.db.execute(sql, chunk).fetchall()
+        return {alert_id: Incident.from_json(body) for alert_id, body in rows}
+
     def load_open(self) -> list[Incident]:
         """Every open incident (the loop's working set at start), oldest first."""
         return self.list_open()

@@ -198,6 +198,8 @@ class IncidentChange(BaseModel):
     receivers: list[Receiver]
     incident: dict[str, Any]  # snapshot (Incident.model_dump)
     regulator_suppressed: bool = False  # the accident was already reported under the same key
+    #: the alert record's readings that fired it (set by the stage on the changes an alert made)
+    evidence: list[dict[str, Any]] = Field(default_factory=list)
 
     def page(self) -> dict[str, Any]:
         """A page body that keeps the alert pages' fields: ``state`` stays the ALERT's state
@@ -211,6 +213,8 @@ class IncidentChange(BaseModel):
         body["receivers"] = [r.model_dump() for r in self.receivers]
         body["change"] = self.what
         body["change_id"] = body["idempotency_key"] = self.change_id
+        if self.evidence:
+            body["evidence"] = self.evidence
         return body
 
 

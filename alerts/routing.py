@@ -1,7 +1,8 @@
-"""Who receives an alert or hidden-danger change, on which MQTT topic, with which page body.
+"""What the stage publishes for a change: the page body, its idempotency key and the receivers' topics.
 
-All routing lives here (DESIGN.md §4), so later work (webhooks, escalation, dispatch
-handling) extends one place: the publisher only turns a :class:`Route` into publishes.
+Who receives an incident change is decided upstream, by the response loop's resolver (the
+routing file, :mod:`alerts.routing_file`), and stored with the change; this module only turns a
+change (or a hidden-danger record) into a :class:`Route` the publisher delivers, page by page.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
+from alerts.incidents import IncidentChange
 from sesmon.contract.receivers import hazard_receivers, receivers_of
 from sesmon.contract.schemas import TOPIC_ROOT, Alert, Receiver
 
 
 class BadRecord(ValueError):
-    """A Kafka record that is not an alert or hazard change (counted under ``counter``, skipped)."""
+    """A Kafka record that is not what its topic should hold (counted under ``counter``, skipped)."""
 
     def __init__(self, counter: str, reason: str) -> None:
         super().__init__(reason)
@@ -36,7 +37,8 @@ class Route:
 
 
 def receivers_for(alert: Alert, centre_id: str) -> list[Receiver]:
-    """Who gets it (DESIGN.md §4, sesmon.contract.receivers): the rules' list, or the defaults."""
+    """The rules' own receivers of an alert (DESIGN.md §4), or the defaults: the routing file's
+    fallback when it cannot be read (``alerts.incidents.default_resolver``)."""
     return receivers_of(alert, centre_id)
 
 
@@ -59,24 +61,24 @@ def hazard_topic(receiver: Receiver) -> str:
     return f"{TOPIC_ROOT}/hazards/{receiver.kind}/{_safe(receiver.id)}"
 
 
+def webhook_record_topic(url: str) -> str:
+    """The delivery log's "topic" of a webhook endpoint (a page delivered there is not sent again)."""
+    return f"webhook {url}"
+
+
 def hazard_key(hazard: dict[str, Any]) -> str:
     """What makes a hazard change distinct (its status, supervision level and update time)."""
     return f"{hazard['hazard_id']}|{hazard['status']}|{hazard.get('supervision')}|{hazard.get('updated_at')}"
 
 
-def route_alert(value: bytes, centre_id: str) -> Route:
-    try:
-        alert = Alert.model_validate_json(value)
-    except ValidationError as exc:
-        raise BadRecord("bad_alert_records", f"undecodable alert record: {exc}") from exc
-    receivers = receivers_for(alert, centre_id)
-    key = alert.dedup_key()
-    payload = orjson.dumps(
-        alert.model_dump(mode="json")
-        | {"receivers": [r.model_dump() for r in receivers], "idempotency_key": key}
+def route_change(change: IncidentChange) -> Route:
+    """An incident change as pages: ``change.page()`` to each of its receivers, keyed by its change id."""
+    page = change.page()
+    topics = tuple(dict.fromkeys(mqtt_topic(r) for r in change.receivers))  # listed twice: one page
+    what = change.what.split(":", 1)[0]
+    return Route(
+        change.change_id, change.alert_id, orjson.dumps(page), topics, f"paged_{page['level']}_{what}"
     )
-    topics = tuple(dict.fromkeys(mqtt_topic(r) for r in receivers))  # a receiver listed twice: one page
-    return Route(key, alert.alert_id, payload, topics, f"delivered_{alert.level}_{alert.state}")
 
 
 def route_hazard(value: bytes) -> Route:

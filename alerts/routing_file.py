@@ -217,6 +217,9 @@ class RoutingTable:
     path: Path | None = None
 
     def __post_init__(self) -> None:
+        # (match, receiver kinds, stop) per route, computed once: receivers() runs for every change
+        self._plan = [(r.match, tuple(r.receivers.kinds()), r.stop) for r in self.doc.routes]
+        self._targets: dict[tuple[str, str], list[WebhookTarget]] = {}
         self._exact: dict[tuple[str, str], list[Webhook]] = {}
         self._by_kind: dict[str, list[Webhook]] = {}
         for hook in self.doc.webhooks:
@@ -289,16 +292,16 @@ class RoutingTable:
         level = alert.escalation if escalation is None else escalation
         district = (unit.district if unit else "") or alert.district
         out: dict[tuple[str, str], Receiver] = {}
-        for route in self.doc.routes:
-            if not route.match.holds(alert, district, level, sla_breach, accident):
+        for match, kinds, stop in self._plan:
+            if not match.holds(alert, district, level, sla_breach, accident):
                 continue
-            for kind, when in route.receivers.kinds():
+            for kind, when in kinds:
                 if when == "rule" and not _marked(alert, kind):
                     continue
                 receiver_id = self._receiver_id(kind, alert, unit, district)
-                if receiver_id:
-                    out.setdefault((kind, receiver_id), Receiver(kind=kind, id=receiver_id))  # type: ignore[arg-type]
-            if route.stop:
+                if receiver_id and (kind, receiver_id) not in out:
+                    out[(kind, receiver_id)] = Receiver(kind=kind, id=receiver_id)  # type: ignore[arg-type]
+            if stop:
                 break
         return list(out.values())
 
@@ -323,7 +326,17 @@ class RoutingTable:
         return station.id
 
     def webhooks_for(self, receiver: Receiver) -> list[WebhookTarget]:
-        """The receiver's endpoints: its own entries if the file has any, else its kind's."""
+        """The receiver's endpoints: its own entries if the file has any, else its kind's (kept per
+        receiver: the stage asks for every page)."""
+        key = (receiver.kind, receiver.id)
+        targets = self._targets.get(key)
+        if targets is None:
+            if len(self._targets) >= 100_000:
+                self._targets.clear()
+            targets = self._targets[key] = self._webhooks_for(receiver)
+        return targets
+
+    def _webhooks_for(self, receiver: Receiver) -> list[WebhookTarget]:
         hooks = self._exact.get((receiver.kind, receiver.id)) or self._by_kind.get(receiver.kind, [])
         return [
             WebhookTarget(

@@ -45,8 +45,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from sesmon.runtime.mqtt_wire import (
+    DISCONNECT,
+    PINGREQ,
+    ConnectionLost,
+    MqttProtocolError,
+    open_connection,
+    packet,
+    tls_context,
+    utf8_field,
+)
 from sesmon.runtime.retry import Stopping, retrying
 from sesmon.runtime.settings import MqttEndpoint, Settings
+
+__all__ = ["CONNECTION_ERRORS", "ConnectionLost", "MqttProtocolError", "MqttSession", "tls_context"]
 
 log = logging.getLogger("sesmon.ingest.mqtt")
 
@@ -62,24 +74,6 @@ HEALTHY_S = 10.0  # a connection lost after this long is retried at once (the ba
 MID_BITS = 16
 _PACKET_ID = (1 << MID_BITS) - 1
 
-PINGREQ = b"\xc0\x00"
-DISCONNECT = b"\xe0\x00"
-CONNACK_REASONS = {
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorised",
-}
-
-
-class MqttProtocolError(Exception):
-    """The broker sent something MQTT 3.1.1 does not allow here, or refused us: reconnect."""
-
-
-class ConnectionLost(Exception):
-    """The connection ended (closed by the broker, or silent past the keepalive): reconnect."""
-
 
 class _WasHealthy(Exception):
     """A connection that had lasted ``HEALTHY_S`` was lost: reconnect with a fresh backoff."""
@@ -87,36 +81,6 @@ class _WasHealthy(Exception):
 
 #: what ends one connection and starts the reconnect (anything else is a bug and ends the thread)
 CONNECTION_ERRORS = (OSError, MqttProtocolError, ConnectionLost)
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext:
-    """The TLS settings :func:`sesmon.runtime.mqtt.make_client` gives paho, as an ``SSLContext``."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if settings.mqtt_tls_cert:
-        context.load_cert_chain(str(settings.mqtt_tls_cert), str(settings.mqtt_tls_key or "") or None)
-    if settings.mqtt_tls_ca:
-        context.load_verify_locations(str(settings.mqtt_tls_ca))
-    else:
-        context.load_default_certs()
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.check_hostname = not settings.mqtt_tls_insecure
-    return context
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return struct.pack(">H", len(data)) + data
-
-
-def _packet(header: int, body: bytes) -> bytes:
-    """Fixed header (type and flags, remaining length as MQTT's base-128 varint) + body."""
-    length = len(body)
-    out = bytearray([header])
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out) + body
 
 
 def _pubacks(mids: list[int]) -> bytes:
@@ -206,15 +170,15 @@ class MqttSession:
         info = PublishInfo()
         flags = 0x30 | (qos << 1)
         if qos == 0:
-            self._outbox.append(_packet(flags, _utf8(topic) + payload))
+            self._outbox.append(packet(flags, utf8_field(topic) + payload))
             info._done.set()  # nothing to wait for (as paho: queued is published)
         else:
             with self._publish_lock:
                 self._next_id = self._next_id % _PACKET_ID + 1
                 packet_id = self._next_id
-                packet = _packet(flags, _utf8(topic) + struct.pack(">H", packet_id) + payload)
-                self._publishes[packet_id] = (packet, info)
-                self._outbox.append(packet)  # under the lock: a reconnect resends it once, not twice
+                data = packet(flags, utf8_field(topic) + struct.pack(">H", packet_id) + payload)
+                self._publishes[packet_id] = (data, info)
+                self._outbox.append(data)  # under the lock: a reconnect resends it once, not twice
         self._wake()
         return info
 
@@ -309,17 +273,14 @@ class MqttSession:
 
     def _connect(self) -> socket.socket:
         """TCP (+TLS), CONNECT, CONNACK, SUBSCRIBE; the SUBACK is read by :meth:`_serve`."""
-        host, port = self.endpoint.host, self.endpoint.port
-        sock: socket.socket = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.endpoint.tls or self.settings.mqtt_tls_ca:
-                sock = tls_context(self.settings).wrap_socket(sock, server_hostname=host)
-            sock.sendall(self._connect_packet())
-            session_present = self._read_connack(sock)
-        except BaseException:
-            sock.close()
-            raise
+        sock, session_present = open_connection(
+            self.settings,
+            self.client_id,
+            keepalive_s=self.keepalive_s,
+            clean_session=self.clean_session,
+            timeout_s=CONNECT_TIMEOUT_S,
+            endpoint=self.endpoint,
+        )
         sock.settimeout(max(CONNECT_TIMEOUT_S, self.keepalive_s))  # a stuck peer is a lost connection
         self.connects += 1
         self._connection = self.connects
@@ -327,9 +288,9 @@ class MqttSession:
         self._ping_sent = None
         self._subscribe_id = self._subscribe_id % _PACKET_ID + 1
         body = struct.pack(">H", self._subscribe_id) + b"".join(
-            _utf8(topic) + bytes([qos]) for topic, qos in self.subscriptions
+            utf8_field(topic) + bytes([qos]) for topic, qos in self.subscriptions
         )
-        out = [_packet(0x82, body)]
+        out = [packet(0x82, body)]
         with self._publish_lock:  # our unacknowledged publishes again, marked duplicate, and only so
             pending = [packet for packet, _ in self._publishes.values()]
             out += [bytes([packet[0] | 0x08]) + packet[1:] for packet in pending]
@@ -343,34 +304,6 @@ class MqttSession:
         if self.on_connected is not None:
             self.on_connected(session_present)
         return sock
-
-    def _connect_packet(self) -> bytes:
-        endpoint = self.endpoint
-        flags = 0x02 if self.clean_session else 0x00
-        payload = _utf8(self.client_id)
-        if endpoint.username:
-            flags |= 0x80
-            payload += _utf8(endpoint.username)
-            if endpoint.password is not None:
-                flags |= 0x40
-                payload += _utf8(endpoint.password)
-        variable = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack(">H", self.keepalive_s)
-        return _packet(0x10, variable + payload)
-
-    @staticmethod
-    def _read_connack(sock: socket.socket) -> bool:
-        data = b""
-        while len(data) < 4:
-            chunk = sock.recv(4 - len(data))
-            if not chunk:
-                raise ConnectionLost("closed by the broker before CONNACK")
-            data += chunk
-        if data[0] != 0x20 or data[1] != 0x02:
-            raise MqttProtocolError(f"expected CONNACK, got {data[:4].hex()}")
-        if data[3] != 0:
-            reason = CONNACK_REASONS.get(data[3], f"code {data[3]}")
-            raise MqttProtocolError(f"broker refused the connection: {reason}")
-        return bool(data[2] & 0x01)
 
     def _drop(self, sock: socket.socket) -> None:
         self._sock = None
@@ -429,9 +362,9 @@ class MqttSession:
             return True
         if self._barrier is None and self._barrier_topic and not self._barrier_done:
             self._subscribe_id = self._subscribe_id % _PACKET_ID + 1
-            body = struct.pack(">H", self._subscribe_id) + _utf8(self._barrier_topic)
+            body = struct.pack(">H", self._subscribe_id) + utf8_field(self._barrier_topic)
             self._barrier = (self._subscribe_id, time.monotonic() + BARRIER_WAIT_S)
-            self._flush(sock, _packet(0xA2, body))
+            self._flush(sock, packet(0xA2, body))
             return False
         if self._barrier is not None and not self._barrier_done and time.monotonic() < self._barrier[1]:
             return False  # keep reading until the UNSUBACK

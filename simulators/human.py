@@ -217,9 +217,8 @@ class Humans:
         sim.schedule(disp, lambda t: self.dispatch(t, alert_id, "dispatched", CENTRE))
         sim.schedule(accept, lambda t: self.dispatch(t, alert_id, "accepted", firm))
         sim.schedule(on_site, lambda t: self.dispatch(t, alert_id, "on_site", firm))
-        if false_alarm:
+        if false_alarm:  # false_alarm closes the incident: nothing may follow it (alerts/incidents.py)
             sim.schedule(on_site + 120_000, lambda t: self.dispatch(t, alert_id, "false_alarm", firm))
-            sim.schedule(on_site + 300_000, lambda t: self.dispatch(t, alert_id, "closed", CENTRE))
             return
         freed = on_site + int(lognormal_s(rng, RESCUE_MEDIAN_S, 0.5) * 1000)
         restored = freed + int(lognormal_s(rng, 1800, 0.6) * 1000)

@@ -42,6 +42,7 @@ import paho.mqtt.client as mqtt
 from sesmon.contract.identity import INSPECTOR, OPERATOR, firm_username
 from sesmon.runtime.broker_auth import read_credentials_csv
 from sesmon.runtime.mqtt import make_client
+from sesmon.runtime.mqtt_wire import tls_context
 from sesmon.runtime.settings import MqttEndpoint, Settings
 from simulators.common import TOPIC_ROOT, WILL_PAYLOAD, Msg
 
@@ -373,7 +374,7 @@ class AccountPool:
         self.loops = [_Loop(self, i) for i in range(max(1, threads))]
         settings = settings or Settings()
         plain = settings.model_copy(update={"mqtt_tls_ca": None, "mqtt_tls_cert": None, "mqtt_tls_key": None})
-        tls = _tls_context(settings) if (endpoint.tls or settings.mqtt_tls_ca) else None
+        tls = tls_context(settings) if (endpoint.tls or settings.mqtt_tls_ca) else None
         wills = wills or {}
         self.conns: dict[str, _Conn] = {}
         for i, (username, password) in enumerate(accounts.items()):
@@ -585,15 +586,6 @@ class AccountPool:
         total["connections"] = len(self.conns)
         total["connected"] = sum(1 for c in self.conns.values() if c.connected)
         return total
-
-
-def _tls_context(settings: Settings) -> ssl.SSLContext:
-    """One TLS context shared by every connection (a context per client would load the CAs 2,000 times)."""
-    ctx = ssl.create_default_context(cafile=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None)
-    if settings.mqtt_tls_cert:
-        key = str(settings.mqtt_tls_key) if settings.mqtt_tls_key else None
-        ctx.load_cert_chain(str(settings.mqtt_tls_cert), key)
-    return ctx
 
 
 def ensure_fd_limit(needed: int) -> None:

@@ -15,8 +15,9 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from alerts.incidents import ResponseLoop
 from alerts.publisher import AlertPublisher, DeliveryLog, receivers_for
-from alerts.routing import BadRecord, route_alert, route_hazard
+from alerts.routing import BadRecord, route_change, route_hazard
 from sesmon.contract.schemas import Alert, Level
 from sesmon.runtime.kafka import ensure_topics, make_producer
 from sesmon.runtime.retry import call_with_retry
@@ -41,7 +42,7 @@ def alert(alert_id: str, level: Level = Level.P1, state: str = "firing") -> Aler
     )
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
     """Poll a counter or durable record until it says so (no sleep-then-assert)."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -85,10 +86,11 @@ def test_routing_without_receivers_from_the_rules() -> None:
 
 def test_pages_carry_an_idempotency_key() -> None:
     a = alert("E1.elevator.trapped.1", state="resolved")
-    route = route_alert(orjson.dumps(a.model_dump(mode="json")), "96333")
+    (change,) = ResponseLoop().on_alert(a)  # first seen resolved: one change
+    route = route_change(change)
     page = orjson.loads(route.payload)
-    assert page["idempotency_key"] == a.dedup_key() == "E1.elevator.trapped.1|resolved|0"
-    assert page["alert_id"] == a.alert_id and len(page["receivers"]) == 3  # otherwise the page as before
+    assert page["idempotency_key"] == change.change_id == "E1.elevator.trapped.1|resolved"
+    assert page["alert_id"] == a.alert_id and page["state"] == "resolved" and len(page["receivers"]) == 3
     assert route.topics == (
         "sesmon/v1/alerts/firm/F001",
         "sesmon/v1/alerts/user_unit/U01",
@@ -197,7 +199,7 @@ def test_stop_is_prompt_during_an_outage_and_the_next_run_delivers(
         try:
             assert inbox.wait(lambda box: len(box.pages) >= 1, 60)
             assert wait_until(lambda: again.deliveries.count() == 3, 30)
-            assert [page["idempotency_key"] for _, page in inbox.pages] == ["E1.elevator.trapped.7|firing|0"]
+            assert [page["idempotency_key"] for _, page in inbox.pages] == ["E1.elevator.trapped.7|opened"]
         finally:
             again.stop()
             rerun.join(10)

@@ -181,6 +181,11 @@ class BoardState:
             "firing": self.levels(),
             "resolved": self.resolved,
             "delivered": alerts.get("delivered", 0),
+            # the response loop (alerts stage): open incidents by escalation level, SLA breaches
+            "incidents_open": alerts.get("open_incidents", 0),
+            "incidents_by_level": alerts.get("open_by_escalation", {}),
+            "sla_breaches_open": alerts.get("sla_breaches_open", 0),
+            "dispatch_refused": alerts.get("dispatch_refused", 0),
             "rule_errors": streams.get("rule_errors", 0),
             "backlog": max(0, int(ingest.get("produced", 0)) - int(streams.get("processed", 0))),
             "silent_stages": self.silent_stages(),
@@ -223,6 +228,15 @@ def render(
             datetime.fromtimestamp(int(alert.get("opened_at", 0)) / 1000, zone).strftime("%m-%d %H:%M:%S"),
         )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["dead_letter_reasons"].items())) or "none"
+    by_level = ", ".join(
+        f"{k.removeprefix('level_')}: {v}" for k, v in sorted(s["incidents_by_level"].items())
+    )
+    incidents = Text(
+        f"incidents open {s['incidents_open']:,} (by escalation level {by_level or '-'}; details: "
+        f"sesmon alerts list) · SLA breaches open {s['sla_breaches_open']:,} · "
+        f"dispatch actions refused {s['dispatch_refused']:,}",
+        style="bold yellow" if s["sla_breaches_open"] else "dim",
+    )
     foot = Text(
         f"received {s['received']:,} · into Kafka {s['produced']:,} · evaluated {s['processed']:,} · "
         f"alert changes {s['alerts_seen']:,} (resolved {s['resolved']:,}) · delivered {s['delivered']:,} · "
@@ -251,7 +265,7 @@ def render(
     parts: list[Any] = []
     if warnings:  # first, where nobody can miss it
         parts.append(Panel(Text("\n".join(warnings), style="bold white on red"), title="PIPELINE NOT WELL"))
-    parts += [Panel(head, title=title), alerts, foot, render_stages(rows)]
+    parts += [Panel(head, title=title), alerts, incidents, foot, render_stages(rows)]
     if state.notes:
         parts.append(Text(" · ".join(f"{k}: {v}" for k, v in state.notes.items()), style="dim"))
     return Group(*parts)

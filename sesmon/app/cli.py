@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from sesmon.contract.registry import Registry, RegistryError
 from sesmon.runtime.settings import Settings
@@ -60,10 +62,147 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
+    from alerts.audit import AuditError
     from alerts.publisher import run
+    from alerts.routing_file import RoutingError
+    from alerts.stations import StationsError
 
-    run(_settings(args))
+    try:
+        run(_settings(args))
+    except (RoutingError, StationsError, AuditError) as exc:
+        print(f"sesmon alerts: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _data_settings(args: argparse.Namespace) -> Settings:
+    settings = _settings(args)
+    data_dir = getattr(args, "data_dir", None)
+    return settings.model_copy(update={"data_dir": data_dir}) if data_dir is not None else settings
+
+
+def _minutes(seconds: int | None) -> str:
+    """Seconds as ``m:ss`` or ``h:mm:ss`` (``-`` before: overdue); ``-`` for a clock that does not run."""
+    if seconds is None:
+        return "-"
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    hours, rest = divmod(seconds, 3600)
+    if hours:
+        return f"{sign}{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{sign}{rest // 60}:{rest % 60:02d}"
+
+
+def cmd_alerts_list(args: argparse.Namespace) -> int:
+    """Open incidents from the stage's store, opened read-only beside the running stage."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from alerts.incident_store import IncidentStore
+    from alerts.incidents import EventClock
+
+    settings = _data_settings(args)
+    path = settings.data_dir / "alerts" / "incidents.sqlite"
+    if not path.exists():
+        print(f"no incident store at {path} (has the alerts stage run with this data dir?)", file=sys.stderr)
+        return 2
+    store = IncidentStore(path, readonly=True)
+    try:
+        # the stage's own "now": device time + the wall time since it last moved (alerts/incidents.py)
+        clock = EventClock(max_ahead_ms=int(settings.alerts_clock_max_ahead_s * 1000))
+        clock.restore(store.clock_state())
+        now = clock.now() or int(time.time() * 1000)
+        incidents = store.list_open(limit=args.limit)
+    finally:
+        store.close()
+    rows = []
+    for incident in incidents:
+        clocks = incident.clocks(now)
+        rows.append(
+            {
+                "alert_id": incident.alert_id,
+                "level": incident.level,
+                "rule": incident.rule,
+                "unit": incident.device_id,
+                "district": incident.district,
+                "firm": incident.firm_id,
+                "escalation": incident.escalation,
+                "sla_breach": incident.sla_breach,
+                "accident": incident.accident,
+                "last": incident.timeline[-1].what if incident.timeline else "",
+                **clocks,
+            }
+        )
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    table = Table(title=f"open incidents: {len(rows)} (clocks in device time; - = not running)")
+    for col in (
+        "level",
+        "esc",
+        "rule",
+        "unit",
+        "district",
+        "firm",
+        "age",
+        "accept in",
+        "on site in",
+        "accident in",
+        "last step",
+        "alert id",
+    ):
+        table.add_column(col)
+    for row in rows:
+        flags = " SLA" if row["sla_breach"] else ""
+        flags += " ACCIDENT" if row["accident"] else ""
+        table.add_row(
+            row["level"],
+            f"{row['escalation']}{flags}",
+            row["rule"],
+            row["unit"],
+            row["district"],
+            row["firm"],
+            _minutes(row["age_s"]),
+            _minutes(row["accept_in_s"]),
+            _minutes(row["on_site_in_s"]),
+            _minutes(row["accident_in_s"]),
+            row["last"],
+            row["alert_id"],
+        )
+    Console(width=220).print(table)
+    return 0
+
+
+def cmd_alerts_dispatch(args: argparse.Namespace) -> int:
+    """Publish a dispatch action over MQTT as an operator, then say what the stage made of it."""
+    from sesmon.app.operator_desk import send_dispatch
+
+    action = getattr(args, "action", None) or "ack"
+    return send_dispatch(_data_settings(args), args.alert_id, action, args.by, wait_s=args.wait)
+
+
+def cmd_alerts_routing_check(args: argparse.Namespace) -> int:
+    from alerts.routing_file import DEFAULT_ROUTING, check_routing
+
+    settings = Settings()
+    path = args.file or settings.alerts_routing_file or DEFAULT_ROUTING
+    stations = args.stations or settings.alerts_stations_file
+    problems = check_routing(path, centre_id=settings.centre_id, stations_path=stations)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{path}: {len(problems)} problem(s); the stage keeps the table it has in force")
+        return 1
+    print(f"{path}: OK")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from alerts.audit import verify_command
+
+    return verify_command(_data_settings(args).data_dir)
 
 
 def cmd_store(args: argparse.Namespace) -> int:
@@ -103,6 +242,63 @@ def cmd_mqtt_credentials(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_alerts_commands(sub: Any) -> None:
+    """``sesmon alerts`` (the stage), its operator commands, and ``sesmon audit``."""
+    from sesmon.contract.schemas import DISPATCH_ACTIONS
+
+    alerts = sub.add_parser(
+        "alerts", help="the response loop: pages, webhooks, dispatch, escalation (no subcommand: run it)"
+    )
+    alerts.add_argument("--mqtt-url", default=None)
+    alerts.add_argument("--kafka-url", default=None)
+    alerts.add_argument("--registry", type=Path, default=None)
+    alerts.set_defaults(func=cmd_alerts)
+    commands = alerts.add_subparsers(dest="alerts_command", metavar="{list,ack,dispatch,routing-check}")
+
+    listing = commands.add_parser(
+        "list", help="open incidents: level, unit, firm, age, time left on each clock"
+    )
+    listing.add_argument("--data-dir", type=Path, default=None, help="the stage's SESMON_DATA_DIR")
+    listing.add_argument("--limit", type=int, default=None, help="the oldest N only")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(func=cmd_alerts_list)
+
+    def desk(name: str, helptext: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=helptext)
+        parser.add_argument("alert_id")
+        if name == "dispatch":
+            parser.add_argument("action", choices=DISPATCH_ACTIONS)
+        parser.add_argument("--by", default=None, help="who acts (default: the MQTT username, else operator)")
+        parser.add_argument(
+            "--mqtt-url", default=None, help="mqtt[s]://user:password@host:port (SESMON_MQTT_URL)"
+        )
+        parser.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the outcome")
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="the stage's data dir: a refusal's reason is read there",
+        )
+        parser.set_defaults(func=cmd_alerts_dispatch)
+        return parser
+
+    desk("ack", "acknowledge an alert as an operator (a dispatch action over MQTT)")
+    desk("dispatch", "publish a dispatch action on an alert as an operator")
+
+    check = commands.add_parser("routing-check", help="validate a routing file before putting it in place")
+    check.add_argument("file", nargs="?", type=Path, default=None, help="default: the file in force")
+    check.add_argument("--stations", type=Path, default=None, help="stations CSV (default: the one in force)")
+    check.set_defaults(func=cmd_alerts_routing_check)
+
+    audit = sub.add_parser("audit", help="the alerts stage's hash-chained audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="check the chain: 0 intact, 1 names the first bad entry"
+    )
+    verify.add_argument("--data-dir", type=Path, default=None, help="SESMON_DATA_DIR (default .sesmon)")
+    verify.set_defaults(func=cmd_audit_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sesmon", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -134,7 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (
         ("ingest", cmd_ingest, "MQTT -> Kafka bridge (validate, dead-letter)"),
         ("worker", cmd_worker, "Faust worker: rules, state, alerts"),
-        ("alerts", cmd_alerts, "deliver alerts to MQTT receivers and the alert log"),
         ("store", cmd_store, "Kafka -> InfluxDB sink (SESMON_INFLUX_*; spools to disk while it is down)"),
         ("board", cmd_board, "terminal board on a running pipeline"),
     ):
@@ -145,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "worker":
             stage.add_argument("--loglevel", default="warn")
         stage.set_defaults(func=func)
+
+    _add_alerts_commands(sub)
 
     try:
         from simulators.cli import register
