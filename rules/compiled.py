@@ -58,6 +58,17 @@ class UnitCtx:
     calendar: list[Rule]
 
 
+@dataclass(frozen=True, slots=True)
+class _Thresholds:
+    """The part of a :class:`UnitCtx` that only depends on its resolved thresholds (read-only)."""
+
+    params: list[dict[str, float]]
+    for_ms: list[int]
+    defaults: list[dict[str, float]]
+    T: list[dict[str, float]]
+    vrules: list[tuple[Rule, str, int, dict[str, float]]]
+
+
 def due_ms(day: date | str | None, tz: tzinfo = LOCAL_TZ) -> int | None:
     """End of the due day in local time (Guangzhou: UTC+8), as epoch ms."""
     if day is None:
@@ -94,6 +105,9 @@ class Compiled:
         self.rules_list = catalogue.rules
         self.rules: dict[str, Rule] = catalogue.by_id()
         self.variants: dict[str, Variant] = {}
+        #: resolved thresholds shared by every unit that resolves to the same ones (a city's
+        #: 10,000 lifts come in a few dozen models: one copy each, not 16 KB per unit)
+        self._shared: dict[tuple[Any, ...], _Thresholds] = {}
         self.events: dict[str, dict[str, list[Rule]]] = {}
         self.calendar: dict[str, list[Rule]] = {}
         for kind, subtypes in SUBTYPES:
@@ -161,13 +175,22 @@ class Compiled:
         subtype = self.subtype_of(unit, kind)
         key = subtype or kind
         variant = self.variants[key]
-        T = [params[r.index] for r in variant.rules]
-        vrules = [(r, r.id, for_ms[r.index], T[i]) for i, r in enumerate(variant.rules)]
+        signature = (
+            key,
+            tuple(tuple(d.items()) for d in params),
+            tuple(tuple(d.items()) for d in defaults),
+            tuple(for_ms),
+        )
+        shared = self._shared.get(signature)
+        if shared is None:
+            T = [params[r.index] for r in variant.rules]
+            vrules = [(r, r.id, for_ms[r.index], T[i]) for i, r in enumerate(variant.rules)]
+            shared = self._shared[signature] = _Thresholds(params, for_ms, defaults, T, vrules)
         return UnitCtx(
             unit=unit,
-            params=params,
-            for_ms=for_ms,
-            defaults=defaults,
+            params=shared.params,
+            for_ms=shared.for_ms,
+            defaults=shared.defaults,
             subtype=subtype,
             district=unit.district if unit is not None else "",
             firm_id=unit.firm_id if unit is not None else "",
@@ -175,8 +198,8 @@ class Compiled:
             in_use=unit.status == "in_use" if unit is not None else True,
             inspection_due_ms=due_ms(unit.next_inspection_due, self.tz) if unit is not None else None,
             variant=variant,
-            T=T,
-            vrules=vrules,
+            T=shared.T,
+            vrules=shared.vrules,
             events=self.events[key],
             calendar=self.calendar[key],
         )

@@ -138,6 +138,17 @@ def reload_registry_safely(registry: Registry, counters: Counter[str]) -> bool:
     return False
 
 
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """Bounded RocksDB memory per table partition (see the settings' comment)."""
+    mib = 1024 * 1024
+    return {
+        "write_buffer_size": settings.worker_rocksdb_write_buffer_mb * mib,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.worker_rocksdb_block_cache_mb * mib,
+        "block_cache_compressed_size": settings.worker_rocksdb_block_cache_mb * mib,
+    }
+
+
 def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine | None = None) -> faust.App:
     engine = engine or RuleEngine()
     limit_fetch_wait(settings.worker_fetch_wait_ms)  # Faust's 1.5 s is a latency floor on Tansu
@@ -159,6 +170,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         topic_partitions=settings.kafka_partitions,
         topic_allow_declare=True,
         stream_wait_empty=False,
+        stream_buffer_maxsize=settings.worker_stream_buffer,
         producer_linger=0.005,
         producer_max_batch_size=512 * 1024,
         consumer_auto_offset_reset="earliest",
@@ -201,6 +213,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         default=None,
         partitions=settings.kafka_partitions,
         schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+        options=rocksdb_options(settings),
     )
 
     async def emit(out: Any) -> None:

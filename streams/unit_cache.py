@@ -45,10 +45,30 @@ def material_signature(state: UnitState) -> int:
     return hash(orjson.dumps(material, option=orjson.OPT_SORT_KEYS))
 
 
+class PartitionEvent:
+    """What a Faust table write reads of its current event: the input partition (and topic).
+
+    A unit's pending write kept the whole input event before, and with it the Kafka record of
+    up to hundreds of readings, for up to ``max_age_s``: hundreds of MB at 10,000 readings/s.
+    One of these per input partition stands in for it."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, message: Any) -> None:
+        self.message = _PartitionMessage(message.topic, message.partition, message.tp)
+
+
+@dataclass(frozen=True, slots=True)
+class _PartitionMessage:
+    topic: str
+    partition: int
+    tp: Any
+
+
 @dataclass(slots=True)
 class _Cached:
     state: UnitState
-    event: Any  # an input event of the unit's partition: a RocksDB table write needs one
+    event: PartitionEvent | None  # its input partition: a RocksDB table write needs one
     dirty: bool  # changed since its last write
     signature: int | None = None  # material_signature at its last write (None: never written)
     written_at: float = 0.0  # monotonic time of its last write (or load)
@@ -70,6 +90,14 @@ class UnitCache:
         self.max_age_s = max_age_s  # 0: write every change
         self._units: dict[str, _Cached] = {}
         self._dirty: set[str] = set()
+        self._partitions: dict[Any, PartitionEvent] = {}  # input tp -> its stand-in event
+
+    def _partition_event(self, event: Any) -> PartitionEvent:
+        message = event.message
+        found = self._partitions.get(message.tp)
+        if found is None:
+            found = self._partitions[message.tp] = PartitionEvent(message)
+        return found
 
     def __len__(self) -> int:
         return len(self._units)
@@ -83,15 +111,16 @@ class UnitCache:
         state = load(stored)
         if state is not None:
             signature = material_signature(state) if self.max_age_s > 0 else None
-            self._units[device_id] = _Cached(state, event, False, signature, self.clock())
+            self._units[device_id] = _Cached(state, None, False, signature, self.clock())
         return state
 
     def put(self, device_id: str, state: UnitState, event: Any) -> None:
+        where = self._partition_event(event)
         cached = self._units.get(device_id)
         if cached is None:
-            self._units[device_id] = _Cached(state, event, True)
+            self._units[device_id] = _Cached(state, where, True)
         else:
-            cached.state, cached.event, cached.dirty = state, event, True
+            cached.state, cached.event, cached.dirty = state, where, True
         self._dirty.add(device_id)
 
     def states(self) -> dict[str, UnitState]:
@@ -118,7 +147,6 @@ class UnitCache:
             with as_current_event(cached.event):
                 self.table[device_id] = cached.state
             cached.dirty = False
-            cached.event = None  # let the event (and its record) go
             cached.signature, cached.written_at = signature, now
             written += 1
         self._dirty = keep

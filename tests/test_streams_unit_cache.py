@@ -5,14 +5,22 @@ Pure: a dict stands in for the Faust table (the cache only reads and writes it b
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 from rules.state import AlertEntry, UnitState
 from streams.unit_cache import UnitCache
 
 
+class Message:
+    topic, partition, tp = "sesmon-telemetry", 0, ("sesmon-telemetry", 0)
+
+
 class Event:
-    """What the cache hands Faust as the current event (only weak-referenced here)."""
+    """An input event as the worker hands it to the cache (only its partition is kept)."""
+
+    message = Message()
 
 
 class Table(dict[str, Any]):
@@ -95,3 +103,17 @@ def test_max_age_zero_writes_every_change() -> None:
         cache.put("E3", state, event)
         assert cache.flush() == 1
     assert table.writes == ["E3"] * 3
+
+
+def test_a_pending_write_does_not_keep_its_input_event_alive() -> None:
+    """A unit waiting for its write keeps a stand-in of its partition, not the Kafka record."""
+    table = Table()
+    cache = UnitCache(table, max_age_s=60.0, clock=Clock())
+    event = Event()
+    cache.put("E9", UnitState("E9", "elevator"), event)
+    gone = weakref.ref(event)
+    del event
+    gc.collect()
+    assert gone() is None
+    assert cache.flush(force=True) == 1
+    assert table.writes == ["E9"]

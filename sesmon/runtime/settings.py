@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     worker_state_max_age_s: float = 60.0  # a unit changed only in clocks or held values: written this late
     worker_fetch_wait_ms: int = 20  # longest a worker fetch waits for data (Tansu always waits it out)
     worker_changelog_buffer: int = 20_000  # state writes queued before Faust pauses input (its default: 100)
+    # RocksDB per table partition: Faust's defaults (3 x 64 MiB memtables, a 2 GiB block cache)
+    # let a worker's memory grow for hours; a unit's state is ~2 KB, these hold a city's
+    worker_rocksdb_write_buffer_mb: int = 8
+    worker_rocksdb_block_cache_mb: int = 16
+    # Kafka records Faust buffers per input partition (its default 4,096): a record from ingest
+    # carries up to hundreds of readings, so a backlog otherwise sits in memory by the GB
+    worker_stream_buffer: int = 256
     worker_cache_units: int = 500_000  # units' decoded state kept in memory (clean ones forgotten past it)
     worker_batch_within_s: float = 0.1  # a partial batch waits at most this long
     worker_stall_after_s: float = 30.0  # records waiting and no batch done this long: reported as stalled
