@@ -230,7 +230,7 @@ def _alert_watcher(port: int, ready: Any, arrivals: Any) -> None:
         if (
             alert.get("rule") == TRIGGER_RULE
             and alert.get("state") == "firing"
-            and not alert.get("escalation")
+            and alert.get("change", "opened") == "opened"  # the first page, not an escalation
         ):
             arrivals.put((alert["device_id"], int(alert["opened_at"]), at))
 

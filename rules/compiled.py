@@ -8,6 +8,7 @@ unit's copy with its registry-dependent thresholds resolved, built once per regi
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, tzinfo
@@ -16,6 +17,7 @@ from typing import Any
 from sesmon.contract.time import LOCAL_TZ, end_of_day_ms
 
 from .catalogue import Catalogue, Derived, Rule, compile_batch, prev_fields, prev_getter
+from .expr import UNIT_ATTRS
 from .hazards import DAY_MS, SUPERVISION_AT_GRADING
 
 #: (kind, subtypes): which rule sets a unit can run (None: an unknown boiler runs every boiler rule)
@@ -108,6 +110,13 @@ class Compiled:
         #: resolved thresholds shared by every unit that resolves to the same ones (a city's
         #: 10,000 lifts come in a few dozen models: one copy each, not 16 KB per unit)
         self._shared: dict[tuple[Any, ...], _Thresholds] = {}
+        #: the registry attributes any threshold expression reads: units equal in these (and in
+        #: their subtype) resolve to the same thresholds, so those are resolved once
+        specs = [p for r in self.rules_list for p in (*r.params, r.for_ms) if p is not None]
+        trees = [p.tree for p in specs if p.tree is not None]
+        names = {n.id for t in trees for n in ast.walk(t) if isinstance(n, ast.Name)}
+        self._param_attrs = tuple(sorted(names & set(UNIT_ATTRS)))
+        self._by_attrs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.events: dict[str, dict[str, list[Rule]]] = {}
         self.calendar: dict[str, list[Rule]] = {}
         for kind, subtypes in SUBTYPES:
@@ -160,32 +169,14 @@ class Compiled:
         return "steam" if unit.steam else "hot_water"
 
     def make_ctx(self, unit: Any, kind: str) -> UnitCtx:
-        params: list[dict[str, float]] = []
-        defaults: list[dict[str, float]] = []
-        for_ms: list[int] = []
-        for r in self.rules_list:
-            got = {p.name: p.resolve_noting(unit) for p in r.params}
-            params.append({name: value for name, (value, _) in got.items()})
-            fallback = {name: value for name, (value, used) in got.items() if used}
-            ms, used = r.for_ms.resolve_noting(unit) if r.for_ms is not None else (0.0, False)
-            for_ms.append(int(ms))
-            if used:
-                fallback["for_s"] = ms / 1000
-            defaults.append(fallback)
         subtype = self.subtype_of(unit, kind)
         key = subtype or kind
         variant = self.variants[key]
-        signature = (
-            key,
-            tuple(tuple(d.items()) for d in params),
-            tuple(tuple(d.items()) for d in defaults),
-            tuple(for_ms),
-        )
-        shared = self._shared.get(signature)
-        if shared is None:
-            T = [params[r.index] for r in variant.rules]
-            vrules = [(r, r.id, for_ms[r.index], T[i]) for i, r in enumerate(variant.rules)]
-            shared = self._shared[signature] = _Thresholds(params, for_ms, defaults, T, vrules)
+        attrs = (key, unit is None, *(getattr(unit, a, None) for a in self._param_attrs))
+        signature = self._by_attrs.get(attrs)
+        if signature is None:
+            signature = self._by_attrs[attrs] = self._resolve(unit, key)
+        shared = self._shared[signature]
         return UnitCtx(
             unit=unit,
             params=shared.params,
@@ -203,3 +194,30 @@ class Compiled:
             events=self.events[key],
             calendar=self.calendar[key],
         )
+
+    def _resolve(self, unit: Any, key: str) -> tuple[Any, ...]:
+        """Resolve every threshold for ``unit``; the signature of the (shared) result."""
+        params: list[dict[str, float]] = []
+        defaults: list[dict[str, float]] = []
+        for_ms: list[int] = []
+        for r in self.rules_list:
+            got = {p.name: p.resolve_noting(unit) for p in r.params}
+            params.append({name: value for name, (value, _) in got.items()})
+            fallback = {name: value for name, (value, used) in got.items() if used}
+            ms, used = r.for_ms.resolve_noting(unit) if r.for_ms is not None else (0.0, False)
+            for_ms.append(int(ms))
+            if used:
+                fallback["for_s"] = ms / 1000
+            defaults.append(fallback)
+        variant = self.variants[key]
+        signature = (
+            key,
+            tuple(tuple(d.items()) for d in params),
+            tuple(tuple(d.items()) for d in defaults),
+            tuple(for_ms),
+        )
+        if signature not in self._shared:
+            T = [params[r.index] for r in variant.rules]
+            vrules = [(r, r.id, for_ms[r.index], T[i]) for i, r in enumerate(variant.rules)]
+            self._shared[signature] = _Thresholds(params, for_ms, defaults, T, vrules)
+        return signature

@@ -328,3 +328,17 @@ def test_dispatch_and_unknown_messages_are_ignored_safely(engine: RuleEngine) ->
     dispatch = {"type": "dispatch", "alert_id": "E1.x.1", "ts": T0, "received_ms": T0, "body": {}}
     out = engine.process(None, dispatch, None)
     assert out.alerts == [] and out.rejected
+
+
+def test_units_with_equal_rated_parameters_share_their_resolved_thresholds() -> None:
+    """A city's lifts come in few models: thresholds are resolved once per model, not per unit,
+    and a unit of another model (here faster) still gets its own."""
+    engine = RuleEngine()
+    a, b = elevator("E1", rated_speed_mps=1.0), elevator("E2", rated_speed_mps=1.0)
+    fast = elevator("E3", rated_speed_mps=2.5)
+    ctx_a, ctx_b, ctx_fast = (engine._ctx(u.device_id, u, "elevator") for u in (a, b, fast))
+    assert ctx_a.params is ctx_b.params and ctx_a.unit is a and ctx_b.unit is b
+    assert ctx_fast.params is not ctx_a.params
+    fresh = RuleEngine()._ctx("E3", fast, "elevator")  # resolved on its own, nothing shared
+    assert ctx_fast.params == fresh.params and ctx_fast.for_ms == fresh.for_ms
+    assert ctx_fast.defaults == fresh.defaults
