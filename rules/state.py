@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 VERSION = 2
 NO_DUE = 2**62
 
@@ -264,6 +266,8 @@ def load(data: Any) -> UnitState | None:
         return data
     if not data:
         return None
+    if isinstance(data, bytes | bytearray | memoryview):  # as the worker's table stores it
+        data = orjson.loads(data)
     if not isinstance(data, dict):
         raise ValueError(f"unknown rule state format ({type(data).__name__})")
     version = data.get("sv", 1)
@@ -280,4 +284,6 @@ def due_of(data: Any) -> int | None:
         return None
     if isinstance(data, UnitState):
         return data.due
+    if isinstance(data, bytes | bytearray | memoryview):
+        data = orjson.loads(data)
     return int(data["due"]) if data else None

@@ -212,7 +212,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         "unit-state",
         default=None,
         partitions=settings.kafka_partitions,
-        schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+        schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="raw"),  # JSON bytes
         options=rocksdb_options(settings),
     )
 

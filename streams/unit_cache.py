@@ -37,9 +37,10 @@ from .faust_private import as_current_event
 VOLATILE_KEYS = frozenset({"mx", "wm", "ws", "rx", "sn", "sa", "val", "rt", "due", "late", "md"})
 
 
-def material_signature(state: UnitState) -> int:
-    """Hash of what a unit's later decisions depend on (everything but :data:`VOLATILE_KEYS`)."""
-    wire = state.to_json()
+def material_signature(state: UnitState, wire: dict[str, Any] | None = None) -> int:
+    """Hash of what a unit's later decisions depend on (everything but :data:`VOLATILE_KEYS`);
+    ``wire``: the state's ``to_json()`` when the caller has it already."""
+    wire = state.to_json() if wire is None else wire
     material = {k: v for k, v in wire.items() if k not in VOLATILE_KEYS}
     material["mode"] = state.mode
     return hash(orjson.dumps(material, option=orjson.OPT_SORT_KEYS))
@@ -132,24 +133,26 @@ class UnitCache:
         A unit left out stays dirty for a later checkpoint."""
         written = 0
         now = self.clock()
-        keep: set[str] = set()
-        for device_id in self._dirty:
+        dirty, self._dirty = self._dirty, set()
+        for device_id in dirty:
             cached = self._units.get(device_id)
             if cached is None or not cached.dirty:
                 continue
             signature = None
+            wire = cached.state.to_json()
             if self.max_age_s > 0:
-                signature = material_signature(cached.state)
+                signature = material_signature(cached.state, wire)
                 fresh = now - cached.written_at < self.max_age_s
                 if not force and fresh and signature == cached.signature:
-                    keep.add(device_id)
+                    self._dirty.add(device_id)  # only clocks moved: wait for a later checkpoint
                     continue
+            # serialised once, by orjson: the table (raw values) puts these bytes in RocksDB and
+            # sends the same bytes as the changelog record (Faust's JSON codec did it twice)
             with as_current_event(cached.event):
-                self.table[device_id] = cached.state
+                self.table[device_id] = orjson.dumps(wire, option=orjson.OPT_NON_STR_KEYS)
             cached.dirty = False
             cached.signature, cached.written_at = signature, now
             written += 1
-        self._dirty = keep
         if len(self._units) > self.max_units:  # bounded memory: forget the clean ones, re-read later
             self._units = {d: c for d, c in self._units.items() if c.dirty}
         return written

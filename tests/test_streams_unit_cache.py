@@ -9,6 +9,8 @@ import gc
 import weakref
 from typing import Any
 
+import orjson
+
 from rules.state import AlertEntry, UnitState
 from streams.unit_cache import UnitCache
 
@@ -30,7 +32,8 @@ class Table(dict[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.writes.append(key)
-        super().__setitem__(key, value.to_json())
+        assert isinstance(value, bytes)  # the JSON bytes the worker's table stores
+        super().__setitem__(key, orjson.loads(value))
 
 
 class Clock:
