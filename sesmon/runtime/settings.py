@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     # --- alerts ---
     centre_id: str = "96333"
     alerts_mqtt_client_id: str = "sesmon-alerts"
-    alerts_max_inflight: int = 10  # publishes awaiting PUBACK: what a crash of this stage can repeat
+    alerts_max_inflight: int = 100  # publishes awaiting PUBACK: what a crash of this stage can repeat
     # longest a Kafka fetch of the alerts stage waits for data: Tansu answers a fetch only when this
     # runs out (it does not wake it on new data), so it is the floor of record -> page latency there
     alerts_fetch_wait_ms: int = 20
