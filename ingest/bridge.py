@@ -325,6 +325,7 @@ class IngestBridge:
                 on_connected=self._on_session_connected,
                 on_subscribed=lambda _codes: self._subscribed(),
                 on_disconnected=self._on_session_disconnected,
+                probe_topic=f"sesmon/probe/{settings.mqtt_client_id}",  # see MqttSession: stuck delivery
             )
         client = make_client(settings, settings.mqtt_client_id, clean_session=False, manual_ack=True)
         client.max_queued_messages_set(0)

@@ -70,6 +70,10 @@ BARRIER_WAIT_S = 2.0  # close(): how long DISCONNECT waits for the barrier's UNS
 RECONNECT_INITIAL_S = 0.1
 RECONNECT_MAX_S = 5.0
 HEALTHY_S = 10.0  # a connection lost after this long is retried at once (the backoff starts afresh)
+#: the stuck-delivery probe (see :class:`MqttSession`): sent after this long without a PUBLISH ...
+PROBE_AFTER_S = 10.0
+#: ... and a probe not back after this long means the broker stopped delivering to us: reconnect
+PROBE_TIMEOUT_S = 30.0
 #: a mid handed to ``on_message`` is ``connection << MID_BITS | packet id``
 MID_BITS = 16
 _PACKET_ID = (1 << MID_BITS) - 1
@@ -116,8 +120,18 @@ class MqttSession:
         on_connected: Callable[[bool], None] | None = None,
         on_subscribed: Callable[[list[int]], None] | None = None,
         on_disconnected: Callable[[str], None] | None = None,
+        probe_topic: str | None = None,
+        probe_after_s: float = PROBE_AFTER_S,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
-        """``on_message(topic, payload, mid, qos)``: topic as raw bytes (it may not be UTF-8)."""
+        """``on_message(topic, payload, mid, qos)``: topic as raw bytes (it may not be UTF-8).
+
+        ``probe_topic``: a topic of this client alone (not under a shared subscription). After
+        ``probe_after_s`` without a PUBLISH the session publishes a QoS 1 probe there and expects
+        it back; a probe not back within ``probe_timeout_s`` means the broker stopped delivering
+        to us although the connection is up (mosquitto 2.0.11 can lose its in-flight quota for a
+        client, eclipse-mosquitto/mosquitto#2362: every message then queues at the broker), so the
+        session reconnects, which resets the broker's view of what is in flight."""
         self.settings = settings
         self.endpoint = endpoint or settings.mqtt_endpoint
         self.client_id = client_id
@@ -128,6 +142,15 @@ class MqttSession:
         self.on_connected = on_connected
         self.on_subscribed = on_subscribed
         self.on_disconnected = on_disconnected
+        self.probe_topic = probe_topic
+        self._probe_topic_bytes = probe_topic.encode() if probe_topic else b""
+        self.probe_after_s = probe_after_s
+        self.probe_timeout_s = probe_timeout_s
+        self._probing = False  # the broker granted the probe's subscription on this connection
+        self._probe_sent: float | None = None
+        self._last_publish_in = 0.0
+        self.probes = 0  # probes sent
+        self.stuck_reconnects = 0  # connections given up because a probe did not come back
         self.connects = 0  # connections made (CONNACK accepted), also the connection number in mids
         self.pings = 0  # PINGRESPs received
         self.thread = threading.Thread(target=self._run, name="mqtt-network", daemon=True)
@@ -288,8 +311,9 @@ class MqttSession:
         self._ping_sent = None
         self._subscribe_id = self._subscribe_id % _PACKET_ID + 1
         body = struct.pack(">H", self._subscribe_id) + b"".join(
-            utf8_field(topic) + bytes([qos]) for topic, qos in self.subscriptions
+            utf8_field(topic) + bytes([qos]) for topic, qos in self._wire_subscriptions()
         )
+        self._probing, self._probe_sent, self._last_publish_in = False, None, time.monotonic()
         out = [packet(0x82, body)]
         with self._publish_lock:  # our unacknowledged publishes again, marked duplicate, and only so
             pending = [packet for packet, _ in self._publishes.values()]
@@ -304,6 +328,30 @@ class MqttSession:
         if self.on_connected is not None:
             self.on_connected(session_present)
         return sock
+
+    def _wire_subscriptions(self) -> list[tuple[str, int]]:
+        return [*self.subscriptions, (self.probe_topic, 1)] if self.probe_topic else self.subscriptions
+
+    def _probe(self, now: float) -> float:
+        """Send a probe when the broker has been quiet; raise if the last one never came back.
+        Returns the next time this needs looking at."""
+        if not self._probing:
+            return now + self.probe_after_s
+        if self._probe_sent is not None:
+            if now - self._probe_sent > self.probe_timeout_s:
+                self.stuck_reconnects += 1
+                raise ConnectionLost(
+                    f"the broker delivered nothing for {now - self._last_publish_in:.0f} s, not even our "
+                    f"probe on {self.probe_topic}: reconnecting (a broker that lost its in-flight quota "
+                    "for this client queues every message instead of sending it)"
+                )
+            return self._probe_sent + self.probe_timeout_s
+        if now - self._last_publish_in >= self.probe_after_s:
+            self._probe_sent = now
+            self.probes += 1
+            self.publish(self.probe_topic or "", b"probe", qos=1)
+            return now + self.probe_timeout_s
+        return self._last_publish_in + self.probe_after_s
 
     def _drop(self, sock: socket.socket) -> None:
         self._sock = None
@@ -323,8 +371,9 @@ class MqttSession:
             while True:
                 if self._stop.is_set() and self._closed(sock):
                     return
-                self._flush(sock)
                 now = time.monotonic()
+                probe_due = self._probe(now) if self.probe_topic else now + keepalive
+                self._flush(sock)
                 if self._ping_sent is not None and now - self._ping_sent > keepalive:
                     raise ConnectionLost(f"no PINGRESP within {keepalive} s")
                 if now - self._last_out >= keepalive and self._ping_sent is None:
@@ -339,7 +388,7 @@ class MqttSession:
                         if self._barrier is None
                         else min(since + keepalive, self._barrier[1])
                     )
-                    events = selector.select(max(0.0, due - now))
+                    events = selector.select(max(0.0, min(due, probe_due) - now))
                     readable = False
                     for key, _ in events:
                         if key.data == "wake":
@@ -410,6 +459,8 @@ class MqttSession:
         end = len(buf)
         deliver = self.on_message
         connection = self._connection << MID_BITS
+        probe = self._probe_topic_bytes
+        published = False
         while end - pos >= 2:
             header = buf[pos]
             byte = buf[pos + 1]
@@ -438,10 +489,19 @@ class MqttSession:
                     raise MqttProtocolError(f"PUBLISH with QoS {qos} (subscribed with QoS 1 at most)")
                 if body > stop:
                     raise MqttProtocolError("PUBLISH topic longer than the packet")
-                deliver(buf[start + 2 : topic_end], buf[body:stop], mid, qos)
+                topic = buf[start + 2 : topic_end]
+                if probe and topic == probe:  # our own probe is back: the broker delivers to us
+                    self._probe_sent = None
+                    if qos:
+                        self._outbox.append(mid)
+                else:
+                    deliver(topic, buf[body:stop], mid, qos)
+                published = True
             else:
                 self._control(header, buf[start:stop])
             pos = stop
+        if published:
+            self._last_publish_in = time.monotonic()
         return buf[pos:]
 
     @staticmethod
@@ -467,6 +527,16 @@ class MqttSession:
             if len(body) < 3 or (body[0] << 8 | body[1]) != self._subscribe_id:
                 raise MqttProtocolError(f"unexpected SUBACK {body[:8].hex()}")
             codes = list(body[2:])
+            if self.probe_topic:  # the probe's grant is ours, not the caller's
+                probe_code = codes[len(self.subscriptions)] if len(codes) > len(self.subscriptions) else 0x80
+                codes = codes[: len(self.subscriptions)]
+                self._probing = probe_code < 0x80
+                if not self._probing:
+                    log.warning(
+                        "MQTT broker refused the probe topic %s: stuck delivery goes unnoticed "
+                        "(grant this user readwrite on it)",
+                        self.probe_topic,
+                    )
             pairs = zip(self.subscriptions, codes, strict=False)
             refused = [topic for (topic, _), code in pairs if code >= 0x80]
             if refused:

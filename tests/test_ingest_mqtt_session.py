@@ -638,3 +638,69 @@ def test_the_bridge_on_either_receive_path(client: str, settings: Settings, flee
 
 def mqtt_server_port(settings: Settings) -> int:
     return settings.mqtt_endpoint.port
+
+
+def test_a_broker_that_stops_delivering_is_left_and_the_probe_comes_back_after_it() -> None:
+    """mosquitto 2.0.11 can lose a client's in-flight quota: the connection stays up and every
+    message queues at the broker. The session's probe (a QoS 1 message to a topic of its own)
+    notices and reconnects; the probe never reaches the stage's callback."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(60)
+    inbox = Inbox()
+    settings = open_settings(server.getsockname()[1], mqtt_keepalive_s=60)
+    session = MqttSession(
+        settings,
+        "sess",
+        [("ok/#", 1)],
+        inbox.on_message,
+        probe_topic="probe/sess",
+        probe_after_s=0.2,
+        probe_timeout_s=5.0,
+    ).start()
+
+    def grant(peer: Peer) -> None:
+        header, body = peer.packet()
+        assert header == 0x10
+        peer.conn.sendall(bytes([0x20, 2, 0, 0]))
+        header, body = peer.packet()
+        assert header == 0x82 and body.endswith(b"\x00\x0aprobe/sess\x01")
+        peer.conn.sendall(b"\x90\x04" + body[:2] + b"\x01\x01")  # both granted
+
+    stuck = Peer(server.accept()[0])
+    grant(stuck)
+    header, body = stuck.packet()  # the probe; this "broker" never delivers it back
+    assert header & 0xF6 == 0x32 and body[2:12] == b"probe/sess"
+    assert stuck.closed_by_the_session()  # given up after the probe timeout
+    healthy = Peer(server.accept()[0])
+    grant(healthy)
+    header, body = healthy.packet()  # the probe again (resent or new): this broker delivers it
+    assert header & 0xF6 == 0x32 and body[2:12] == b"probe/sess"
+    healthy.conn.sendall(b"\x40\x02" + body[12:14])  # PUBACK of its publish
+    healthy.conn.sendall(_publish("probe/sess", b"probe", mid=41))
+    assert healthy.packet() == (0x40, b"\x00\x29")  # acked by the session itself
+    healthy.conn.sendall(_publish("ok/1", b"data", mid=42))
+    assert inbox.wait(lambda i: i.payloads() == [b"data"])
+    assert session.stuck_reconnects == 1 and session.connects == 2
+    session.close()
+    server.close()
+
+
+def test_the_probe_round_trips_through_mosquitto_without_reaching_the_stage(
+    mqtt_server: ManagedProcess,
+) -> None:
+    inbox = Inbox()
+    session = MqttSession(
+        open_settings(mqtt_server.port),
+        "sess-probe",
+        [("ok/#", 1)],
+        inbox.on_message,
+        on_subscribed=inbox.on_subscribed,
+        probe_topic="sesmon/probe/sess-probe",
+        probe_after_s=0.2,
+    ).start()
+    deadline = time.monotonic() + 60
+    while session.probes < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert session.probes >= 3  # a probe is sent only once the one before it came back
+    assert session.stuck_reconnects == 0 and session.connects == 1 and inbox.messages == []
+    session.close()

@@ -91,7 +91,8 @@ def acl_text(accounts: Iterable[Account], kinds: dict[str, str]) -> str:
                 f"topic write gbt24476/v1/{acc.device_id}/#",
             ]
         elif acc.role == "ingest":
-            lines += ["topic read sesmon/v1/#", "topic read gbt24476/v1/#"]
+            # sesmon/probe/: the MQTT session's own delivery probe (ingest/mqtt_session.py)
+            lines += ["topic read sesmon/v1/#", "topic read gbt24476/v1/#", "topic readwrite sesmon/probe/#"]
         elif acc.role == "alerts":
             lines += ["topic write sesmon/v1/alerts/#", "topic write sesmon/v1/hazards/#"]
         elif acc.role == "firm":
