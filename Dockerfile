@@ -9,6 +9,9 @@ COPY rules ./rules
 COPY alerts ./alerts
 COPY simulators ./simulators
 COPY grafana ./grafana
+COPY metrics ./metrics
+COPY store ./store
+COPY kpi ./kpi
 RUN pip install --no-cache-dir .
 ENV SESMON_DATA_DIR=/data
 VOLUME /data

@@ -12,6 +12,9 @@ at most 10,000 PUBACKs owed). For each ``--group-max`` (default ``1,500``) a fre
   restarted process's first stats record to its last produced), i.e. ingest alone, not waiting
   for a publisher.
 
+``--archive on,off,on,off`` alternates runs with and without the raw archive (issue 12:
+``SESMON_ARCHIVE``), to measure what archiving adds per reading on a noisy machine.
+
 ``--group-max 1`` makes every reading its own Kafka record (one produce and one delivery report
 per reading), as the bridge did before grouped records: the "before" figure. ``--mqtt-client``
 picks ingest's receive path (``SESMON_INGEST_MQTT_CLIENT``: its own MQTT session, or paho). CPU
@@ -138,6 +141,7 @@ def run_one(
     group_max: int,
     mode: str,
     mqtt_client: str = "session",
+    archive: str = "on",
 ) -> dict[str, Any]:
     tag = f"g{group_max}{mode}{time.monotonic_ns() % 10**8}"
     settings = Settings(
@@ -161,6 +165,7 @@ def run_one(
         "SESMON_STATS_EVERY_S": str(STATS_EVERY_S),
         "SESMON_INGEST_GROUP_MAX": str(group_max),
         "SESMON_INGEST_MQTT_CLIENT": mqtt_client,
+        "SESMON_ARCHIVE": str(archive == "on").lower(),
     }
     stats = StatsReader(settings)
     messages = readings(device_ids, args.readings)
@@ -194,7 +199,11 @@ def run_one(
         stats.stop()
     envelopes, records = count_envelopes(settings, args.readings)
     span = max(ended - began, 1e-9)
+    archived = settings.data_dir / "archive"
     return {
+        "archive": archive,
+        "archive_ack_waits": done.get("archive_ack_waits", 0),  # delivered records whose acks waited
+        "archive_bytes": sum(f.stat().st_size for f in archived.rglob("*") if f.is_file()),
         "group_max": group_max,
         "mode": mode,
         "mqtt_client": mqtt_client,
@@ -312,6 +321,9 @@ def main() -> int:
     parser.add_argument("--autosave-changes", type=int, default=1_000_000, help="mosquitto autosave_interval")
     parser.add_argument("--mqtt-client", default="session", help="session, paho or both (comma-separated)")
     parser.add_argument(
+        "--archive", default="on", help="raw archive on, off, or a list to alternate (on,off,on,off)"
+    )
+    parser.add_argument(
         "--parts", type=int, default=0, help="measure receive and validation alone, N messages"
     )
     args = parser.parse_args()
@@ -329,24 +341,35 @@ def main() -> int:
         results = []
         try:
             runs = [
-                (mode, int(group_max), client)
+                (mode, int(group_max), client, archive)
                 for mode in args.mode.split(",")
                 for group_max in args.group_max.split(",")
                 for client in args.mqtt_client.split(",")
+                for archive in args.archive.split(",")
             ]
-            for mode, group_max, client in runs:
+            for mode, group_max, client, archive in runs:
                 r = run_one(
-                    kafka.port, broker.port, work, registry, device_ids, args, group_max, mode, client
+                    kafka.port,
+                    broker.port,
+                    work,
+                    registry,
+                    device_ids,
+                    args,
+                    group_max,
+                    mode,
+                    client,
+                    archive,
                 )
                 results.append(r)
                 lost = r["readings"] - r["kafka_envelopes"] - r["dead_lettered"]
                 print(
-                    f"{mode:<8} {client:<7} group-max {group_max:>4}: "
+                    f"{mode:<8} {client:<7} group-max {group_max:>4} archive {archive:<3}: "
                     f"{r['readings_per_s']:>8,.0f} readings/s, "
                     f"ingest CPU {r['cpu_s_per_1000'] * 1000:,.0f} ms per 1,000 readings "
                     f"({r['cpu_share']:.0%} of a core), publisher {r['publisher_per_s']:,.0f}/s, "
                     f"{r['kafka_records']:,} Kafka records for {r['kafka_envelopes']:,} readings, "
-                    f"lost {lost}",
+                    f"lost {lost}, archive {r['archive_bytes'] / max(r['readings'], 1):.0f} B a reading"
+                    f" ({r['archive_ack_waits']:,} records' acks waited for it)",
                     flush=True,
                 )
         finally:

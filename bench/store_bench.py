@@ -1,6 +1,7 @@
 """Throughput of the InfluxDB sink into a local InfluxDB (Debian influxd 1.6.7, v1 /write).
 
-Prints, per run and as the median of the runs:
+Prints, per run and as the median of the runs, points/s and the write latency (one HTTP
+write request of a batch: p50/p99 over the run's requests):
 
 - **sink**: records as they lie on Kafka (simulator-shaped readings: 90 % elevators with 18
   fields, 10 % boilers with 14; ``--group N`` envelopes per record as ingest's fast path
@@ -25,6 +26,8 @@ Usage: python bench/store_bench.py [--points 200000] [--batch 5000] [--runs 3] [
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
 import statistics
 import sys
@@ -32,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -146,10 +150,56 @@ def count_points(url: str, db: str, measurement: str) -> int:
     return int(series[0]["values"][0][1])
 
 
-def sink_run(url: str, work: Path, records: list[Record], points: int, batch: int, tag: str) -> float:
+class TimedWriter(InfluxWriter):
+    """The sink's writer, timing each write request (seconds, appended to ``latencies``)."""
+
+    def __init__(self, settings: Settings, latencies: list[float]) -> None:
+        super().__init__(settings)
+        self.latencies = latencies
+
+    def write(self, body: bytes) -> None:
+        started = time.perf_counter()
+        super().write(body)
+        self.latencies.append(time.perf_counter() - started)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU microseconds per point of this process (client) and of influxd over a phase.
+
+    Why: on a shared 2-core machine wall-clock rates swing with other people's load; the CPU
+    each side spends per point does not, and says what the cores could carry.
+    """
+
+    def __init__(self, influxd_pid: int) -> None:
+        self.influxd_pid = influxd_pid
+        self.per_point: dict[str, list[tuple[float, float]]] = {}
+
+    @contextlib.contextmanager
+    def measure(self, phase: str, points: int) -> Iterator[None]:
+        client, server = time.process_time(), process_cpu_s(self.influxd_pid)
+        yield
+        client = (time.process_time() - client) * 1e6 / points
+        server = (process_cpu_s(self.influxd_pid) - server) * 1e6 / points
+        self.per_point.setdefault(phase, []).append((client, server))
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def sink_run(
+    url: str, work: Path, records: list[Record], points: int, batch: int, tag: str, latencies: list[float]
+) -> float:
     settings = Settings(influx_url=url, influx_db=f"sink{tag}", data_dir=work)
     counters: Counter[str] = Counter()
-    sink = PointSink(InfluxWriter(settings), Spool(work / f"spool{tag}", 1 << 40), 10**9, counters).start()
+    writer = TimedWriter(settings, latencies)
+    sink = PointSink(writer, Spool(work / f"spool{tag}", 1 << 40), 10**9, counters).start()
     maker, builder = PointMaker(place), BatchBuilder(batch, 1.0)
     sink.writer.connect()  # the database exists before the clock starts
     started = time.perf_counter()
@@ -216,12 +266,15 @@ def stage_run(
     return points / elapsed
 
 
-def raw_run(url: str, bodies: list[bytes], points: int, tag: str) -> float:
+def raw_run(url: str, bodies: list[bytes], points: int, tag: str, latencies: list[float]) -> float:
+    """The yardstick: the same lines, pre-built, POSTed batch after batch through the same HTTP client."""
     pool = urllib3.PoolManager(maxsize=1)
     pool.request("POST", f"{url}/query", fields={"q": f'CREATE DATABASE "raw{tag}"'})
     started = time.perf_counter()
     for body in bodies:
+        sent = time.perf_counter()
         response = pool.request("POST", f"{url}/write?db=raw{tag}&precision=ms", body=body)
+        latencies.append(time.perf_counter() - sent)
         assert response.status == 204, response.data
     return points / (time.perf_counter() - started)
 
@@ -232,10 +285,14 @@ def encoder_rates(values: list[bytes]) -> tuple[float, float]:
     import store.points as points_module
 
     real_encode = points_module.encode
-    points_module.encode = lambda m, t, f, ts: captured.append((m, dict(t), dict(f), ts)) or ""
+    points_module.encode = lambda m, t, f, ts, prefix=None: captured.append((m, dict(t), dict(f), ts)) or ""
     try:
         for value in values:
+            device, first = orjson.loads(value)["device_id"], len(captured)
             maker.lines("telemetry", value)
+            for i in range(first, len(captured)):  # the unit's tags (the maker passes its series prefix)
+                m, _tags, f, ts = captured[i]
+                captured[i] = (m, dict(maker._unit_tags(device)), f, ts)
     finally:
         points_module.encode = real_encode
     started = time.perf_counter()
@@ -279,6 +336,7 @@ def main() -> None:
     print(f"encoder: store.lineproto {fast:,.0f} points/s, influxdb-client Point {slow:,.0f} points/s")
 
     results: dict[str, list[float]] = {"sink": [], "raw /write": []}
+    latencies: dict[str, list[float]] = {"sink": [], "raw /write": []}
     if args.kafka:
         results["stage (Kafka)"] = []
     with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
@@ -287,10 +345,18 @@ def main() -> None:
         influx = start_influxdb(work / "influx")
         kafka = start_kafka(work) if args.kafka else None
         url = f"http://127.0.0.1:{influx.port}"
+        assert influx.proc is not None
+        cpu = CpuMeter(influx.proc.pid)
         try:
             for run in range(1, args.runs + 1):
-                results["raw /write"].append(raw_run(url, bodies, len(lines), str(run)))
-                results["sink"].append(sink_run(url, work, records, args.points, args.batch, str(run)))
+                with cpu.measure("raw /write", len(lines)):
+                    results["raw /write"].append(
+                        raw_run(url, bodies, len(lines), str(run), latencies["raw /write"])
+                    )
+                with cpu.measure("sink", args.points):
+                    results["sink"].append(
+                        sink_run(url, work, records, args.points, args.batch, str(run), latencies["sink"])
+                    )
                 if kafka is not None:
                     results["stage (Kafka)"].append(
                         stage_run(url, kafka.port, work, records, args.points, args.batch, str(run))
@@ -301,6 +367,20 @@ def main() -> None:
                 kafka.stop()
             influx.stop()
     print("median: " + ", ".join(f"{k} {statistics.median(v):,.0f} points/s" for k, v in results.items()))
+    for name, values in latencies.items():
+        ms = [v * 1000 for v in values]
+        print(
+            f"write latency ({name}, {len(ms)} requests of {args.batch} points): "
+            f"p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms"
+        )
+    cores = os.cpu_count() or 1
+    for name, runs in cpu.per_point.items():
+        client = statistics.median(c for c, _ in runs)
+        server = statistics.median(s for _, s in runs)
+        print(
+            f"CPU per point ({name}, median): this process {client:.1f} µs, influxd {server:.1f} µs "
+            f"-> {cores} cores carry at most {cores * 1e6 / (client + server):,.0f} points/s"
+        )
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -80,8 +80,10 @@ import orjson
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from ingest.archive import ArchiveWriter
 from ingest.mqtt_session import MqttSession
 from ingest.vendor import MALFORMED, VENDOR_ROOT, VendorError, vendor_to_canonical
+from sesmon.contract.archive import default_archive_dir
 from sesmon.contract.fast_envelope import device_envelope
 from sesmon.contract.groups import GROUP_COUNT_HEADER, encode_group, partition_of
 from sesmon.contract.identity import dispatch_refusal, principal_of, report_refusal
@@ -133,6 +135,7 @@ KAFKA_STATS_EVERY_MS = 1000
 WATCHDOG_EVERY_S = 1.0
 REGISTRY_EVERY_S = 5.0
 POLL_MAX_S = 0.05  # the poll thread's longest sleep (its shortest: 1 ms)
+ARCHIVE_WAIT_POLL_S = 0.002  # ... while delivered records wait for the archive writer
 PARTITION_CACHE_MAX = 1_000_000  # device ids whose partition is remembered
 
 
@@ -164,6 +167,7 @@ class _Record:
     reason: str | None = None  # dead-letter reason
     minimal: bool = False  # already the smallest dead letter there is
     partition: int | None = None  # a device-stream envelope: the partition whose group it joins
+    archive_seq: int = 0  # the raw archive's seq of this message: its PUBACK waits until it is written
 
 
 @dataclass(slots=True, eq=False)
@@ -259,6 +263,18 @@ class IngestBridge:
         self._partitions: dict[str, int] = {}  # device id -> partition (murmur2 in Python is not free)
         if create_topics:
             self._check_partitions()
+        # the raw archive (issue 12): acks wait until the writer has the message (ingest/archive.py)
+        self.archive: ArchiveWriter | None = None
+        if settings.archive:
+            self.archive = ArchiveWriter(
+                settings.archive_dir or default_archive_dir(settings.data_dir),
+                stream_of_topic={topic: kind for kind, topic in self.topics.items()},
+                known_device=registry.kind_of if registry is not None else None,
+                retention_days=settings.archive_retention_days,
+                flush_s=settings.archive_flush_s,
+                on_fatal=self._fatal,
+            )
+        self._archive_waits: deque[tuple[int, _Batch]] = deque()  # delivered, acks waiting for the archive
         self.subscriptions = subscriptions(settings)
         self.client = self._make_client()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
@@ -381,6 +397,8 @@ class IngestBridge:
         except Exception as exc:
             record = self._internal_error(exc, raw_topic, payload, received_ms, mid, qos)
         if record is not None:
+            if self.archive is not None:
+                record.archive_seq = self.archive.add(raw_topic, payload, record)
             self.counters["received"] += 1  # received = produced + dead-lettered, once delivered
             self._submit(record)
 
@@ -575,6 +593,7 @@ class IngestBridge:
             record.size,
             reason,
             minimal=record.outcome != "produced",
+            archive_seq=record.archive_seq,
         )
         self.counters["kafka_refused"] += 1
         return replacement
@@ -652,6 +671,8 @@ class IngestBridge:
         with self._groups_lock:
             oldest = next(iter(self._open.values()), None)
         idle = min(POLL_MAX_S, max(0.001, self._linger_s))
+        if self._archive_waits:
+            idle = min(idle, ARCHIVE_WAIT_POLL_S)  # acks wait for the archive writer: look again soon
         if oldest is None:
             return idle
         return min(idle, max(0.0, oldest.opened + self._linger_s - time.monotonic()))
@@ -759,20 +780,14 @@ class IngestBridge:
             members = batch.members
             count = len(members)
             if err is None:
-                for member in members:  # in order: the broker sees the acks as the messages came
-                    self._ack(member.mid, member.qos)
-                if batch.grouped:
-                    self.counters["produced"] += count
-                    self.counters["groups"] += 1
-                else:
-                    record = members[0]
-                    self.counters[record.outcome] += 1
-                    if record.reason is not None:
-                        self.dead_reasons[record.reason] += 1
-                self._delivered_total += count
-                self._last_delivery = time.monotonic()
-                self.health.progress()
-                self._release(count)  # last: it wakes wait_until(), which then sees the counters
+                archive = self.archive
+                if archive is not None:
+                    seq = max(m.archive_seq for m in members)
+                    if self._archive_waits or not archive.covers(seq):  # in order, behind earlier waits
+                        self.counters["archive_ack_waits"] += 1
+                        self._archive_waits.append((seq, batch))
+                        return
+                self._complete(batch)
                 return
             if err.fatal():
                 self._fatal(f"Kafka delivery failed with fatal error {err.name()}: {err.str()}")
@@ -805,6 +820,31 @@ class IngestBridge:
         except Exception:
             self.counters["internal_errors"] += 1
             log.exception("ingest: error in a Kafka delivery report")
+
+    def _complete(self, batch: _Batch) -> None:
+        """A delivered record whose messages are archived: ack them, count them, free their slots."""
+        members = batch.members
+        count = len(members)
+        for member in members:  # in order: the broker sees the acks as the messages came
+            self._ack(member.mid, member.qos)
+        if batch.grouped:
+            self.counters["produced"] += count
+            self.counters["groups"] += 1
+        else:
+            record = members[0]
+            self.counters[record.outcome] += 1
+            if record.reason is not None:
+                self.dead_reasons[record.reason] += 1
+        self._delivered_total += count
+        self._last_delivery = time.monotonic()
+        self.health.progress()
+        self._release(count)  # last: it wakes wait_until(), which then sees the counters
+
+    def _release_archived(self) -> None:
+        """Poll thread (and stop): complete the delivered records the archive writer has caught up with."""
+        waits, archive = self._archive_waits, self.archive
+        while waits and archive is not None and archive.covers(waits[0][0]):
+            self._complete(waits.popleft()[1])
 
     def _queue_retry(self, batch: _Batch, delay: float | None = None) -> None:
         if delay is None:
@@ -894,6 +934,10 @@ class IngestBridge:
         now = time.monotonic()
         next_stats, next_registry, next_watch = now, now + REGISTRY_EVERY_S, now + WATCHDOG_EVERY_S
         while not self._stop.is_set() or self._unacked > 0:
+            if self.archive is not None:  # before delivery reports: their acks need their messages written
+                self.archive.write_pending()
+                if self._archive_waits:
+                    self._release_archived()
             try:
                 self.producer.poll(self._poll_timeout())
             except KafkaException as exc:  # librdkafka raises its fatal errors from poll() too
@@ -960,6 +1004,8 @@ class IngestBridge:
             "retry_queue": len(self._retry_heap),
             "open_groups": len(self._open),
             "mqtt_connected": self._connected.is_set(),
+            "archive_waiting_records": len(self._archive_waits),
+            **(self.archive.snapshot() if self.archive is not None else {}),
             **self.health.snapshot(),
         }
 
@@ -978,6 +1024,8 @@ class IngestBridge:
     # ------------------------------------------------------------------ lifecycle
     def start(self, connect_mqtt: bool = True) -> IngestBridge:
         """Connect and run. ``connect_mqtt=False`` runs only the Kafka side, for :meth:`handle_raw`."""
+        if self.archive is not None:  # first: crashed writers' journals are folded in before new lines
+            self.health.watch_thread("archive-checkpoint", self.archive.start().thread)
         if connect_mqtt and isinstance(self.client, MqttSession):
             self.health.watch_thread("mqtt-network", self.client.start().thread)  # it must not die
         elif connect_mqtt:
@@ -1027,6 +1075,9 @@ class IngestBridge:
             self._flush_due(time.monotonic(), everything=True)  # never started: flush() below delivers
         self._publish_stats()
         self.producer.flush(2)
+        if self.archive is not None:  # everything queued is written: the acks that waited for it go out
+            self.archive.close()
+            self._release_archived()
         if isinstance(self.client, MqttSession):  # the acks owed, the same UNSUBACK barrier, DISCONNECT
             self.client.close(barrier_topic=ACK_BARRIER_TOPIC)
             return
@@ -1062,6 +1113,8 @@ class IngestBridge:
             if sock is not None:
                 sock.close()
         self._poller.join(2)
+        if self.archive is not None:
+            self.archive.abort()  # the journal stays as a kill leaves it
         self.producer.purge()  # what librdkafka still held dies with the process, it is not delivered later
 
 

@@ -11,6 +11,7 @@ rule id and key). No pydantic or dict-walking happens per reading.
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,6 +144,14 @@ class Catalogue:
     derived: list[Derived]
     path: Path | None = None
     doc: CatalogueDoc | None = None
+    #: SHA-256 of the file's exact bytes (hex; "" when compiled from a document): which version ran
+    sha256: str = ""
+    source: bytes = field(default=b"", repr=False)  # those bytes, for the catalogue store (issue 12)
+
+    @property
+    def catalogue_sha(self) -> str:
+        """What alerts and hazards record: the first 16 hex digits of :attr:`sha256`."""
+        return self.sha256[:16]
 
     def by_id(self) -> dict[str, Rule]:
         return {r.id: r for r in self.rules}
@@ -327,10 +336,15 @@ def load_catalogue(path: Path | str | None = None) -> Catalogue:
     """Read, validate and compile a catalogue file; raises :class:`CatalogueError` with every problem."""
     path = Path(path) if path else DEFAULT_CATALOGUE
     try:
+        source = path.read_bytes()
         raw, lines = read_yaml(path)
+        if path.read_bytes() != source:  # changed while read: what was parsed may not be what is hashed
+            raise OSError("the file changed while it was read; try again")
     except OSError as exc:
         raise CatalogueError(path, [Problem("catalogue", "", f"cannot read: {exc}")]) from None
     doc, problems = check_document(raw, lines)
     if problems or doc is None:
         raise CatalogueError(path, problems)
-    return compile_document(doc, path)
+    catalogue = compile_document(doc, path)
+    catalogue.sha256, catalogue.source = hashlib.sha256(source).hexdigest(), source
+    return catalogue

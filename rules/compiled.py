@@ -86,6 +86,7 @@ class Compiled:
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
         self.version = catalogue.version
+        self.catalogue_sha = catalogue.catalogue_sha  # which catalogue file: alerts and hazards record it
         s = catalogue.settings
         self.lateness_ms = int(float(s["lateness_s"]) * 1000)
         self.heartbeat_ms = int(float(s["heartbeat_s"]) * 1000)

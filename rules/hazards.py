@@ -70,6 +70,7 @@ class Hazard(BaseModel):
     source: str
     rule: str = ""
     rule_version: str = ""
+    catalogue_sha: str = ""  # first 16 hex of the catalogue file's SHA-256 (rules/catalogue_store.py)
     grade: Literal["general", "suspected_major", "major"]
     title: str = ""
     status: Literal["reported", "rectified", "closed", "withdrawn"] = "reported"
@@ -107,6 +108,7 @@ def new_hazard(
     title: str = "",
     rule: str = "",
     rule_version: str = "",
+    catalogue_sha: str = "",
     unit: Any = None,
     kind: str = "",
     alert_id: str = "",
@@ -124,6 +126,7 @@ def new_hazard(
         "source": source,
         "rule": rule,
         "rule_version": rule_version,
+        "catalogue_sha": catalogue_sha,
         "grade": grade,
         "title": title,
         "status": "reported",

@@ -61,6 +61,7 @@ def alert_record(
         alert_id=alert_id,
         rule=rule.id,
         rule_version=cfg.version,
+        catalogue_sha=cfg.catalogue_sha,
         level=rule.level,  # type: ignore[arg-type]
         device_id=st.device_id,
         kind=st.kind,  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ def open_hazard(
         title=title,
         rule=rule_id,
         rule_version=cfg.version,
+        catalogue_sha=cfg.catalogue_sha,
         unit=ctx.unit,
         kind=st.kind,
         alert_id=alert_id,

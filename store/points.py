@@ -11,8 +11,8 @@
 - ``dispatch`` → ``dispatch``: tags device_id, district, firm_id, rule, action; fields alert_id,
   actor (its ``by``: BY is an InfluxQL keyword), since_alarm_s, received_ms; time = the action's ``ts``
 - ``pipeline`` → ``pipeline``: tag stage; every counter, flattened (numbers as floats); time ``at``
-- (metrics) ``safety_kpi``: tags scope, scope_id, kind, window; the DESIGN.md §6 numerators,
-  denominators and ratios; time = the "as of" instant
+- ``kpi`` → ``safety_kpi``: tags scope, scope_id, kind, window; the DESIGN.md §6 numerators,
+  denominators and ratios (as the kpi stage computed them); time = the "as of" instant
 
 Identity: a point is its series (measurement + tags) and time, so a record read twice (the
 sink is at-least-once) overwrites itself with the same values. District and firm come from
@@ -36,10 +36,10 @@ from metrics.inputs import parse_alert_id
 from metrics.kpi import SafetyKpi
 from sesmon.contract.groups import envelopes_of
 from sesmon.contract.schemas import TELEMETRY_MODELS
-from store.lineproto import encode
+from store.lineproto import encode, series_prefix
 
 #: the Kafka streams the sink stores
-STORED_STREAMS = ("telemetry", "events", "alerts", "hazards", "dispatch", "pipeline")
+STORED_STREAMS = ("telemetry", "events", "alerts", "hazards", "dispatch", "pipeline", "kpi")
 #: streams ingest writes: a record there may carry many envelopes (``sesmon.contract.groups``)
 GROUPED_STREAMS = frozenset({"telemetry", "events", "dispatch"})
 
@@ -61,6 +61,19 @@ def _int_fields(model: type) -> frozenset[str]:
 _INT_FIELDS = {str(kind.value): _int_fields(model) for kind, model in TELEMETRY_MODELS.items()}
 _KNOWN_FIELDS = {str(kind.value): frozenset(model.model_fields) for kind, model in TELEMETRY_MODELS.items()}
 _NOT_FIELDS = ("device_id", "ts")
+#: (kind, *field names) -> (names the schema does not know, names it declares int): the same on
+#: every reading of a kind, so worked out once (the sink's hot path)
+_shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _shape_of(kind: str, names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    fields = set(names).difference(_NOT_FIELDS)
+    extras = tuple(n for n in names if n in fields - _KNOWN_FIELDS.get(kind, frozenset()))
+    ints = tuple(n for n in names if n in fields & _INT_FIELDS.get(kind, frozenset()))
+    if len(_shapes) >= 10_000:
+        _shapes.clear()
+    _shapes[(kind, *names)] = (extras, ints)
+    return extras, ints
 
 
 @dataclass(slots=True)
@@ -82,6 +95,7 @@ class PointMaker:
     def __init__(self, place: Callable[[str], tuple[str, str] | None] | None = None) -> None:
         self.place = place or (lambda _device: None)
         self._tags: dict[str, dict[str, str]] = {}  # device_id -> its tags (call forget() on a new registry)
+        self._prefixes: dict[tuple[str, str], str] = {}  # (measurement, device_id) -> its series prefix
         self.by_stream: dict[str, Callable[[Any], list[str]]] = {
             "telemetry": self.telemetry,
             "events": self.event,
@@ -89,6 +103,7 @@ class PointMaker:
             "hazards": self.hazard,
             "dispatch": self.dispatch,
             "pipeline": self.pipeline,
+            "kpi": self.kpi,
         }
 
     def lines(self, stream: str, value: bytes | None) -> list[str]:
@@ -144,9 +159,18 @@ class PointMaker:
             self._tags[device_id] = tags
         return tags
 
+    def _series_prefix(self, measurement: str, device_id: str) -> str:
+        """A unit's ``measurement,tags `` line start, kept per unit (the same on each of its readings)."""
+        prefix = series_prefix(measurement, self._unit_tags(device_id))
+        if len(self._prefixes) >= 1_000_000:
+            self._prefixes.clear()
+        self._prefixes[(measurement, device_id)] = prefix
+        return prefix
+
     def forget(self) -> None:
         """The registry changed: look every unit's district and firm up again."""
         self._tags.clear()
+        self._prefixes.clear()
 
     # ------------------------------------------------------------------ device streams
 
@@ -154,21 +178,22 @@ class PointMaker:
         kind = env["kind"]
         body: dict[str, Any] = env["body"]
         device_id = env.get("device_id") or body["device_id"]
-        ints = _INT_FIELDS.get(kind, frozenset())
+        extras, ints = _shapes.get((kind, *body)) or _shape_of(kind, tuple(body))
         for name in _NOT_FIELDS:
             body.pop(name, None)
-        for name in body.keys() - _KNOWN_FIELDS.get(kind, frozenset()):
+        for name in extras:
             value = body[name]
             if type(value) is int:  # an extra the schema does not know: numbers are floats
                 body[name] = float(value)
             elif isinstance(value, dict | list):
                 del body[name]  # structures are not readings
-        for name in ints & body.keys():  # validated ints stay ints (and a float from a foreign producer too)
+        for name in ints:  # validated ints stay ints (and a float from a foreign producer too)
             value = body[name]
             if type(value) is float and value.is_integer():
                 body[name] = int(value)
         body["received_ms"] = int(env["received_ms"])
-        return [encode(kind, self._unit_tags(device_id), body, env["ts"])]
+        prefix = self._prefixes.get((kind, device_id)) or self._series_prefix(kind, device_id)
+        return [encode(kind, {}, body, env["ts"], prefix)]
 
     def event(self, env: dict[str, Any]) -> list[str]:
         body = env["body"]
@@ -264,6 +289,10 @@ class PointMaker:
         for name in ("stage", "at"):
             fields.pop(name, None)
         return [encode("pipeline", {"stage": stage}, fields, stats["at"])]
+
+    def kpi(self, row: dict[str, Any]) -> list[str]:
+        """A ``safety_kpi`` row of the kpi stage (``kpi.rows.KpiRow.record``): its tags, fields and time."""
+        return [encode("safety_kpi", dict(row["tags"]), dict(row["fields"]), int(row["time"]))]
 
 
 def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:

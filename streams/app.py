@@ -36,6 +36,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from rules import RuleEngine
+from rules.catalogue_store import store_catalogue
 from sesmon.contract.groups import GROUP_COUNT_HEADER, encode_group, envelopes_of, partition_of
 from sesmon.contract.registry import Registry
 from sesmon.runtime.health import Health, fatal
@@ -151,6 +152,8 @@ def rocksdb_options(settings: Settings) -> dict[str, int]:
 
 def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine | None = None) -> faust.App:
     engine = engine or RuleEngine()
+    if engine.catalogue.source:  # the catalogue that runs is kept, for replay (rules/catalogue_store.py)
+        store_catalogue(settings.data_dir, engine.catalogue)  # event time: none known before the first batch
     limit_fetch_wait(settings.worker_fetch_wait_ms)  # Faust's 1.5 s is a latency floor on Tansu
     ensure_topics(settings)
     datadir = settings.data_dir / "streams"

@@ -20,9 +20,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from sesmon.contract.registry import Unit, write_registry
-from sesmon.runtime.services import free_port
+from sesmon.runtime.services import free_port, influxd_path
 from sesmon.runtime.settings import Settings
 from simulators.fleet import generate_fleet
+from store.wire import query
 from tests.pipeline_support import AlertInbox
 
 
@@ -105,6 +106,12 @@ class Demo:
         return code
 
 
+def stored_points(url: str, db: str, measurement: str, field: str = "received_ms") -> int:
+    """Points of ``measurement`` in the demo's InfluxDB (0 while there are none)."""
+    series = query(url, f"SELECT count({field}) FROM {measurement}", db)["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
 def trapped(inbox: AlertInbox, unit: Unit, seq: int) -> None:
     event = {"device_id": unit.device_id, "ts": int(time.time() * 1000), "seq": seq}
     event |= {"code": "trapped", "state": "occur", "detail": {}}
@@ -126,11 +133,24 @@ def test_demo_fires_alerts_within_a_minute_and_sigterm_cleans_up(tmp_path: Path)
         assert first_line and "state and logs in" in first_line.group(0)
         assert str(demo.state_dir) in first_line.group(0)
         assert demo.wait_for(rf"MQTT mqtt://127\.0\.0\.1:{port}", 60), demo.output
+        # the embedded InfluxDB (Debian influxd) is announced among the first lines, and stored into
+        influx = demo.wait_for(r"InfluxDB (http://127\.0\.0\.1:\d+) \(database (\S+)\)|InfluxDB: .*", 60)
+        assert influx and demo.output.index(influx.group(0)) < len("".join(demo.lines[:4])), demo.output
+        if influxd_path() is None:
+            assert "not installed" in influx.group(0)
         started = time.monotonic()
         inbox = AlertInbox(Settings(mqtt_url=f"mqtt://127.0.0.1:{port}"))
         p1 = lambda box: any(a.get("level") == "P1" for _, a in box.firing())  # noqa: E731
         assert inbox.wait(p1, 120), demo.output[-3000:]
         assert time.monotonic() - started < 120  # "alerts fire within the first minute", with headroom
+        if influx.group(1):  # readings and alerts reach InfluxDB through the demo's store stage
+            url, db = influx.group(1), influx.group(2)
+            measurements = {"elevator": "received_ms", "boiler": "received_ms", "alert": "opened_at"}
+            stored = lambda: {m: stored_points(url, db, m, f) > 0 for m, f in measurements.items()}  # noqa: E731
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not all(stored().values()):
+                time.sleep(0.5)
+            assert all(stored().values()), (stored(), demo.output[-3000:])
     finally:
         if inbox is not None:
             inbox.client.loop_stop()

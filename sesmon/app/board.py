@@ -1,7 +1,8 @@
 """The terminal board: what an operator sees where no Grafana runs.
 
-It reads only Kafka (``pipeline`` counters from every stage, and ``alerts``), so it can be
-pointed at a production cluster as well as at the embedded demo.
+It reads only Kafka (``pipeline`` counters from every stage, ``alerts``, and the kpi stage's
+``kpi`` rows), so it can be pointed at a production cluster as well as at the embedded demo.
+The city's safety KPIs are shown against the plan targets (``metrics.targets``).
 
 It also says, prominently, when the pipeline itself is not well: a stage that stopped
 reporting (silent), a stage whose threads died while its process lives on (dead part, from
@@ -18,12 +19,13 @@ from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from metrics.targets import SHANXI_ACCIDENTS_PER_10K_MAX, TARGETS
 from sesmon.contract.time import LOCAL_TZ
 from sesmon.runtime.kafka import loads, make_reader
 from sesmon.runtime.settings import Settings
@@ -49,6 +51,45 @@ class BoardState:
     silent_after_s: float = 10.0
     #: lines about the run itself (MQTT security, where the files are): shown, never secrets
     notes: dict[str, str] = field(default_factory=dict)
+    #: the city's latest ``safety_kpi`` rows by (kind, window), from the ``kpi`` stream
+    kpis: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def on_kpi(self, row: dict[str, Any]) -> None:
+        """Keep the city's newest row per kind and window (a past year's closing row is older: ignored)."""
+        tags = row.get("tags") or {}
+        if tags.get("scope") != "city" or not isinstance(row.get("fields"), dict):
+            return
+        key = (str(tags.get("kind")), str(tags.get("window")))
+        known = self.kpis.get(key)
+        if known is None or int(row.get("time", 0)) >= int(known.get("time", 0)):
+            self.kpis[key] = row
+
+    def city_kpis(self, window: str = "365d") -> list[dict[str, Any]]:
+        """The city's KPIs (all units; trapped per 10k elevators) against the plan targets."""
+        fields = (self.kpis.get(("all", window)) or {}).get("fields", {})
+        if not fields:
+            return []
+        out = [
+            {
+                "kpi": t.label,
+                "field": t.field,
+                "value": fields.get(t.field),
+                "target": t,
+                "met": t.met(fields.get(t.field)),
+            }
+            for t in TARGETS
+        ]
+        out.insert(
+            2,
+            {
+                "kpi": "trapped / 10k elevators",
+                "field": "trapped_per_10k",
+                "value": fields.get("trapped_per_10k"),
+                "target": None,
+                "met": None,
+            },
+        )
+        return out
 
     def on_pipeline(self, record: dict[str, Any]) -> None:
         stage = str(record.get("stage", "?"))
@@ -193,6 +234,7 @@ class BoardState:
             "stalled": self.stalled(),
             "restarts": self.restarts(),
             "registry_reload_failures": streams.get("registry_reload_failures", 0),
+            "city_kpis_365d": {row["field"]: row["value"] for row in self.city_kpis()},
             **self.notes,
         }
 
@@ -265,13 +307,57 @@ def render(
     parts: list[Any] = []
     if warnings:  # first, where nobody can miss it
         parts.append(Panel(Text("\n".join(warnings), style="bold white on red"), title="PIPELINE NOT WELL"))
-    parts += [Panel(head, title=title), alerts, incidents, foot, render_stages(rows)]
+    parts += [Panel(head, title=title), alerts, incidents]
+    kpi_rows = state.city_kpis()
+    if kpi_rows:
+        parts.append(render_kpis(kpi_rows, state.kpis.get(("all", "365d"), {}), zone))
+    parts += [foot, render_stages(rows)]
     if state.notes:
         parts.append(Text(" · ".join(f"{k}: {v}" for k, v in state.notes.items()), style="dim"))
     return Group(*parts)
 
 
 STATUS_STYLE = {"ok": "green", "SILENT": "bold red", "DEAD PART": "bold red", "STALLED": "bold red"}
+
+
+def _kpi_value(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if name.endswith("_rate") or "share" in name:
+        return f"{value * 100:.1f} %"
+    return f"{value:.2f}" if name.endswith("_min") else f"{value:.3f}"
+
+
+def render_kpis(rows: list[dict[str, Any]], record: dict[str, Any], zone: tzinfo) -> Table:
+    """The city's safety KPIs over the trailing 365 days against the plan targets (green met, red not)."""
+    fields = record.get("fields", {})
+    as_of = datetime.fromtimestamp(int(record.get("time", 0)) / 1000, zone).strftime("%Y-%m-%d %H:%M")
+    title = (
+        f"city safety KPIs, trailing 365 days as of {as_of} (event time) · "
+        f"{fields.get('units_in_use', 0):,} units in use · {fields.get('accidents', 0)} accidents, "
+        f"{fields.get('deaths', 0)} deaths"
+    )
+    table = Table(expand=True, title=title, title_justify="left")
+    for col in ("KPI", "value", "target", ""):
+        table.add_column(col)
+    for row in rows:
+        target = row["target"]
+        bound = "-"
+        if target is not None:
+            sign = {"below": "<", "at_most": "≤", "at_least": "≥"}[target.good]
+            bound = f"{sign} {_kpi_value(target.field, target.bound)}"
+            if target.field == "accidents_per_10k":
+                bound += f" (Shanxi {SHANXI_ACCIDENTS_PER_10K_MAX})"
+        met = row["met"]
+        verdict = (
+            Text("met", style="bold green")
+            if met
+            else Text("NOT MET", style="bold red")
+            if met is False
+            else Text("")
+        )
+        table.add_row(row["kpi"], _kpi_value(row["field"], row["value"]), bound, verdict)
+    return table
 
 
 def render_stages(rows: list[dict[str, Any]]) -> Table:
@@ -303,10 +389,14 @@ class BoardFeed:
         self.settings = settings
         self.state = BoardState(live=True)
         # earliest on a lost position: a Kafka that came back empty starts its offsets again at 0
-        self.consumer: Consumer = make_reader(
-            settings, ["pipeline", "alerts"], **{"auto.offset.reset": "earliest"}
-        )
+        try:
+            self.consumer: Consumer = make_reader(
+                settings, ["pipeline", "alerts", "kpi"], **{"auto.offset.reset": "earliest"}
+            )
+        except KafkaException:  # a pipeline without the kpi stream (no kpi stage yet): the rest still shows
+            self.consumer = make_reader(settings, ["pipeline", "alerts"], **{"auto.offset.reset": "earliest"})
         self.alerts_topic = settings.topic("alerts")
+        self.kpi_topic = settings.topic("kpi")
 
     def poll(self, timeout: float = 0.2) -> None:
         for record in self.consumer.consume(2000, timeout):
@@ -318,6 +408,8 @@ class BoardFeed:
                 continue
             if record.topic() == self.alerts_topic:
                 self.state.on_alert(data)
+            elif record.topic() == self.kpi_topic:
+                self.state.on_kpi(data)
             else:
                 self.state.on_pipeline(data)
 

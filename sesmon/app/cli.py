@@ -213,6 +213,14 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kpi(args: argparse.Namespace) -> int:
+    from kpi.stage import run
+
+    settings = _settings(args)
+    run(settings, _registry(settings))
+    return 0
+
+
 def cmd_board(args: argparse.Namespace) -> int:
     from rich.live import Live
 
@@ -331,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("ingest", cmd_ingest, "MQTT -> Kafka bridge (validate, dead-letter)"),
         ("worker", cmd_worker, "Faust worker: rules, state, alerts"),
         ("store", cmd_store, "Kafka -> InfluxDB sink (SESMON_INFLUX_*; spools to disk while it is down)"),
+        ("kpi", cmd_kpi, "live safety KPIs: reports, alerts, hazards, dispatch, status -> safety_kpi rows"),
         ("board", cmd_board, "terminal board on a running pipeline"),
     ):
         stage = sub.add_parser(name, help=helptext)
@@ -364,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rules.cli import register as register_rules  # sesmon rules check|show|schema
 
     register_rules(sub)
+    from grafana.cli import register as register_grafana  # sesmon grafana export|push
+
+    register_grafana(sub)
     return parser
 
 

@@ -32,7 +32,7 @@ from rich.markup import escape
 from sesmon.app.board import BoardFeed
 from sesmon.contract.registry import Registry, write_registry
 from sesmon.runtime.kafka import ensure_topics, loads, make_reader
-from sesmon.runtime.services import ChildProcess, EmbeddedServices
+from sesmon.runtime.services import ChildProcess, EmbeddedServices, influxd_path
 from sesmon.runtime.settings import Settings
 from sesmon.runtime.supervisor import StageEvent, Supervisor
 
@@ -124,9 +124,12 @@ def run_demo(
 
         # the simulated 96333 centre logs in as `operator`; `operator-2` is a desk left for a person
         credentials = write_credentials(Registry.load(registry_path), data_dir / "mqtt", operators=2)
+    # InfluxDB: SESMON_INFLUX_URL if set (the children inherit it), else Debian's influxd when installed
+    embedded_influx = base.influx_url is None and influxd_path() is not None
     services = EmbeddedServices(
         data_dir / "servers",
         mqtt_port=mqtt_port,
+        with_influx=embedded_influx,
         secure=credentials,
         mqtt_autosave_changes=Settings().mqtt_autosave_changes,
     )
@@ -167,6 +170,14 @@ def run_demo(
             f"MQTT {services.mqtt_url} ({services.mqtt.name if services.mqtt else '?'}, {security}) · "
             f"Kafka {services.kafka_url}"
         )
+        influx_url = services.influx_url or base.influx_url
+        if influx_url:
+            console.print(f"InfluxDB {influx_url} (database {base.influx_db})")
+        else:
+            console.print(
+                "InfluxDB: influxd is not installed (apt-get install influxdb), so nothing is stored "
+                "and the store stage does not run; everything else does"
+            )
         # its news reaches the console as event lines (above the live board, which a log
         # handler writing to the terminal would tear); the details go to logs/supervisor.log
         supervisor_log = logging.getLogger("sesmon.runtime.supervisor")
@@ -179,6 +190,10 @@ def run_demo(
             stage_env["alerts"] |= credentials.env_for(ALERTS_USER)
         for name in ("alerts", "worker", "ingest"):
             supervisor.add(name, [name], stage_env[name], logs / f"{name}.log")
+        if influx_url:  # Kafka -> InfluxDB: it needs no MQTT account
+            supervisor.add("store", ["store"], dict(env), logs / "store.log")
+        # live safety KPIs (Kafka only); added after the store, so it stops first and its last rows are stored
+        supervisor.add("kpi", ["kpi"], dict(env), logs / "kpi.log")
         supervisor.start()
         if not wait_for_ingest(settings, stop=lambda: stopping) and not stopping:
             raise RuntimeError(f"the ingest bridge did not come up; see {logs / 'ingest.log'}")

@@ -386,6 +386,7 @@ class Alert(BaseModel):
     alert_id: str
     rule: str
     rule_version: str = ""
+    catalogue_sha: str = ""  # first 16 hex of the SHA-256 of the catalogue file that decided it (replay)
     level: Level
     device_id: str
     kind: Kind

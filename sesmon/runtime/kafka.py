@@ -31,6 +31,7 @@ STREAMS = {
     "deadletter": "rejected input: raw bytes as value, reason in headers (keyed by MQTT topic)",
     "late": "readings beyond the lateness bound, recorded not dropped",
     "pipeline": "each stage's counters once a second (keyed by stage)",
+    "kpi": "safety_kpi rows: tags, fields and time of each point (keyed by scope|scope_id|kind|window)",
 }
 
 

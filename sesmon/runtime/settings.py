@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     ingest_mqtt_client: str = Field("session", pattern="^(session|paho)$")
     mqtt_client_id: str = "sesmon-ingest"
     mqtt_keepalive_s: int = 30
+    # raw archive of everything ingest received, for replay (sesmon/contract/archive.py, issue 12)
+    archive: bool = True  # SESMON_ARCHIVE=false: no archive (and no replay of this data)
+    archive_dir: Path | None = None  # default <data_dir>/archive
+    archive_retention_days: int = 400  # days older than this (local) are deleted; 0 = keep for ever
+    archive_flush_s: float = 30.0  # partition files are appended at most this often (journal in between)
 
     # --- rules / streams ---
     heartbeat_s: float = 60.0
@@ -127,6 +132,15 @@ class Settings(BaseSettings):
     store_memory_max_points: int = 200_000  # points held in memory while InfluxDB lags; then spooled
     store_spool_dir: Path | None = None  # default <data_dir>/store/spool
     store_spool_max_bytes: int = 2 * 1024**3  # beyond it the stage stops reading Kafka (nothing dropped)
+
+    # --- grafana (sesmon grafana push) ---
+    grafana_url: str | None = None  # http(s)://host:3000 of the Grafana to push the boards to
+    grafana_token: str | None = None  # its service-account token (or user:password)
+    grafana_influx_url: str = "http://influxdb:8086"  # InfluxDB as Grafana reaches it (the datasource URL)
+
+    # --- kpi (live safety KPIs, kpi/) ---
+    kpi_every_s: float = 10.0  # KPI rows are recomputed this often (processing time) and at stop
+    kpi_max_ahead_s: float = 86_400.0  # an event time this far past the wall clock does not move "now"
 
     # --- people ---
     display_tz: str | None = Field(

@@ -1,0 +1,583 @@
+"""The durable raw archive: what ingest received, byte for byte, for inspectors' replay (issue 12).
+
+Ingest writes it (``ingest/archive.py``), ``sesmon replay`` reads it; stages do not import each
+other, so the format and the reader live here. Kafka is no archive: the embedded broker keeps
+nothing across a restart and a production one has retention.
+
+Layout under ``<data dir>/archive/`` (format version :data:`FORMAT_VERSION`)::
+
+    2026-11-23/                           local (Guangzhou, UTC+8) day of the receive time
+        44010600012019000123.jsonl.gz     one unit: every message about it, valid and dead-lettered
+        _dispatch.jsonl.gz                dispatch actions (keyed by alert_id), valid or not
+        _reports.jsonl.gz                 reports that name no unit (a unit's go to its file, a hazard's too)
+        _unknown.jsonl.gz                 messages of no known unit (bad topic, unknown device, ...)
+    _journal/<writer>.<segment>.jsonl     write-ahead journal of the running (or a crashed) ingest
+    FORMAT                                "sesmon-archive 1"
+
+A partition file is a gzip stream of members appended one per flush (concatenated members are a
+valid gzip file: ``zcat`` reads it); each line is one JSON object (:class:`ArchivedMessage`). A
+device id that starts with ``_`` gets one more ``_`` (:func:`device_partition`), so no unit can
+write into the special partitions; which partition a message belongs to is
+:func:`message_partition` (ingest also sends dead letters of units not in the registry to
+``_unknown``, so junk device ids cannot make a file each).
+
+A journal segment holds the same JSON lines, uncompressed: ingest appends every message there
+before it acknowledges it (one ``write`` per batch, every few ms), and appends lines to the
+partition files only at a checkpoint (every ``SESMON_ARCHIVE_FLUSH_S`` or when its buffers are
+full: 10,000 units must not mean 10,000 file appends a second). A segment is deleted once all its
+lines are in partition files; the segments of a crashed ingest are folded in at its next start.
+Readers read the journal segments too, so the archive is complete at any moment, and a line
+found in both places is yielded once (key ``(received_ms, seq, writer)``).
+
+Ordering: ``seq`` is a per-ingest-process counter in receive order and ``writer`` names the
+process, so ``(received_ms, seq, writer)`` restores the order in which ingest received the
+messages (across processes: by receive time).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import heapq
+import logging
+import re
+import shutil
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from sesmon.contract.gbt24476 import VENDOR_ROOT
+from sesmon.contract.schemas import hazard_device_id
+from sesmon.contract.time import DAY_MS, LOCAL_TZ, local_date, start_of_day_ms
+
+log = logging.getLogger("sesmon.archive")
+
+FORMAT_VERSION = 1
+FORMAT_FILE, FORMAT_TEXT = "FORMAT", b"sesmon-archive 1\n"
+PARTITION_SUFFIX = ".jsonl.gz"
+JOURNAL_DIR = "_journal"
+JOURNAL_SUFFIX = ".jsonl"
+DISPATCH = "_dispatch"
+REPORTS = "_reports"
+UNKNOWN = "_unknown"
+SPECIAL_PARTITIONS = frozenset({DISPATCH, REPORTS, UNKNOWN})
+#: how much later than a window's end a reading may arrive and still be looked for (buffered 4G/NB-IoT
+#: terminals send late); a reading of device time inside the window received later than this is not read
+DEFAULT_SLACK_MS = 3_600_000
+DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DAY_DIR = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class ArchiveCorrupt(ValueError):
+    """A line or gzip member that cannot be read: names the file and line, never skipped silently."""
+
+
+class ArchivedMessage(BaseModel):
+    """One message ingest received, as archived: the raw bytes and what ingest decided.
+
+    ``payload`` (and ``topic``) hold the bytes as text when they are valid UTF-8, else base64
+    with ``payload_b64`` (``topic_b64``) set; :attr:`payload_bytes` / :attr:`topic_bytes` give the
+    exact bytes back either way. ``ts`` is the device (or reporter) time in epoch ms when the
+    payload gave one, else None; ``received_ms`` is ingest's clock.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    received_ms: int
+    seq: int
+    writer: str
+    topic: str
+    payload: str
+    verdict: Literal["ok", "deadletter"]
+    ts: int | None = None
+    reason: str | None = None  # dead letters: the dead-letter reason (ingest/README.md)
+    detail: str | None = None  # dead letters: what exactly was wrong
+    publisher: str | None = None  # the MQTT username, where the topic names it (identity topics)
+    payload_b64: bool = False
+    topic_b64: bool = False
+
+    @model_validator(mode="after")
+    def _reason_for_dead_letters(self) -> ArchivedMessage:
+        if self.verdict == "deadletter" and not self.reason:
+            raise ValueError("a dead letter needs its reason")
+        if self.verdict == "ok" and self.reason is not None:
+            raise ValueError("a valid message has no dead-letter reason")
+        try:  # rare (non-UTF-8 bytes): checked here so that payload_bytes cannot fail later
+            if self.payload_b64:
+                base64.b64decode(self.payload, validate=True)
+            if self.topic_b64:
+                base64.b64decode(self.topic, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"bad base64: {exc}") from None
+        return self
+
+    @property
+    def payload_bytes(self) -> bytes:
+        return base64.b64decode(self.payload, validate=True) if self.payload_b64 else self.payload.encode()
+
+    @property
+    def topic_bytes(self) -> bytes:
+        return base64.b64decode(self.topic, validate=True) if self.topic_b64 else self.topic.encode()
+
+    @property
+    def order_key(self) -> tuple[int, int, str]:
+        """Receive order: ``(received_ms, seq, writer)``; equal keys are the same message."""
+        return (self.received_ms, self.seq, self.writer)
+
+
+# --------------------------------------------------------------------------- writing lines
+
+
+def _text(data: bytes) -> tuple[str, bool]:
+    """UTF-8 text as it is, anything else as base64 (flag True): exact bytes either way."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), True
+
+
+def archive_line(
+    *,
+    received_ms: int,
+    seq: int,
+    writer: str,
+    topic: bytes,
+    payload: bytes,
+    verdict: Literal["ok", "deadletter"],
+    ts: int | None = None,
+    reason: str | None = None,
+    detail: str | None = None,
+    publisher: str | None = None,
+) -> bytes:
+    """One archive line (JSON, no newline): the one definition of the format the writer uses."""
+    payload_text, payload_b64 = _text(payload)
+    topic_text, topic_b64 = _text(topic)
+    line: dict[str, Any] = {
+        "received_ms": received_ms,
+        "seq": seq,
+        "writer": writer,
+        "topic": topic_text,
+        "ts": ts,
+        "verdict": verdict,
+        "payload": payload_text,
+    }
+    # what is usually absent is left out: smaller lines, less to format per message
+    if reason is not None:
+        line["reason"] = reason
+    if detail is not None:
+        line["detail"] = detail
+    if publisher is not None:
+        line["publisher"] = publisher
+    if payload_b64:
+        line["payload_b64"] = True
+    if topic_b64:
+        line["topic_b64"] = True
+    return orjson.dumps(line)
+
+
+def default_archive_dir(data_dir: Path | str) -> Path:
+    """Where the archive is when ``SESMON_ARCHIVE_DIR`` is unset: ``<data dir>/archive``."""
+    return Path(data_dir) / "archive"
+
+
+def device_partition(device_id: str) -> str:
+    """The partition (file stem) of a unit: its id, with one more ``_`` if it starts with ``_``."""
+    return "_" + device_id if device_id.startswith("_") else device_id
+
+
+#: dead-letter reasons that say the topic names no unit of ours
+NO_UNIT_REASONS = frozenset({"bad_topic", "vendor_bad_topic", "unknown_device"})
+_VENDOR_PARTS = VENDOR_ROOT.split("/")
+
+
+def message_partition(topic: bytes, payload: bytes, verdict: str, reason: str | None = None) -> str:
+    """The partition of a message: its unit (from the topic; a report's from its body), ``_dispatch``,
+    ``_reports`` (a report naming no unit) or ``_unknown`` (no unit, or a dead letter saying so)."""
+    try:
+        parts = topic.decode("utf-8").split("/")
+    except UnicodeDecodeError:
+        return UNKNOWN
+    if verdict != "ok" and reason in NO_UNIT_REASONS:
+        return UNKNOWN
+    device_id = None
+    if len(parts) >= 3 and parts[0] == "sesmon" and parts[1] == "v1":
+        if parts[2] == "dispatch":
+            return DISPATCH
+        if parts[2] == "reports":
+            return _report_partition(payload)
+        if len(parts) == 5:
+            device_id = parts[3]
+    elif len(parts) == 4 and parts[:2] == _VENDOR_PARTS:
+        device_id = parts[2]
+    if device_id is None or not DEVICE_ID.fullmatch(device_id):
+        return UNKNOWN
+    return device_partition(device_id)
+
+
+def _report_partition(payload: bytes) -> str:
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return REPORTS
+    if not isinstance(body, dict):
+        return REPORTS
+    device_id = body.get("device_id")
+    if not isinstance(device_id, str):
+        hazard_id = body.get("hazard_id")
+        device_id = hazard_device_id(hazard_id) if isinstance(hazard_id, str) else None
+    if isinstance(device_id, str) and DEVICE_ID.fullmatch(device_id):
+        return device_partition(device_id)
+    return REPORTS
+
+
+def day_name(received_ms: int) -> str:
+    """The day directory of a receive time: the local (Guangzhou) date, ``YYYY-MM-DD``."""
+    return local_date(received_ms).isoformat()
+
+
+def day_bounds(day: str) -> tuple[int, int]:
+    """Epoch ms ``[start, end)`` of a day directory's name."""
+    start = start_of_day_ms(date.fromisoformat(day), LOCAL_TZ)
+    return start, start + DAY_MS
+
+
+def partition_path(archive_dir: Path, day: str, partition: str) -> Path:
+    return archive_dir / day / f"{partition}{PARTITION_SUFFIX}"
+
+
+def gzip_member(lines: Iterable[bytes], level: int = 1) -> bytes:
+    """One gzip member holding ``lines`` (each without its newline): what a flush appends to a file."""
+    return gzip_block(b"\n".join(lines) + b"\n", level)
+
+
+def gzip_block(data: bytes | bytearray, level: int = 1) -> bytes:
+    """One gzip member of ``data`` (whole lines, each ending in a newline)."""
+    # one-shot: a compressobj's set-up costs more than compressing a few dozen lines; wbits 31 = gzip
+    return zlib.compress(data, level, 31)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class ReadStats:
+    """What a read saw: files, lines, and what it skipped (corrupt only with ``strict=False``)."""
+
+    files: int = 0
+    lines: int = 0
+    yielded: int = 0
+    duplicates: int = 0  # the same message in a journal and in a partition file (a crash between the two)
+    corrupt: int = 0  # lines or gzip tails skipped with strict=False
+    journal_partial: int = 0  # a journal's unfinished last line (being written, or cut before its ack)
+    problems: list[str] = field(default_factory=list)  # file:line: what, the first 100
+
+
+def _problem(stats: ReadStats, strict: bool, where: str, what: str) -> None:
+    message = f"{where}: {what}"
+    if strict:
+        raise ArchiveCorrupt(message)
+    stats.corrupt += 1
+    if len(stats.problems) < 100:
+        stats.problems.append(message)
+    log.warning("archive: skipping %s", message)
+
+
+def _parse(raw: bytes, where: str, stats: ReadStats, strict: bool) -> ArchivedMessage | None:
+    try:
+        return ArchivedMessage.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+        loc = ".".join(str(p) for p in first["loc"]) or "line"
+        _problem(stats, strict, where, f"{loc}: {first['msg']}")
+        return None
+
+
+def _partition_lines(path: Path, stats: ReadStats, strict: bool) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a partition file; a torn or corrupt gzip tail is a problem at its line."""
+    number = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            for number, raw in enumerate(stream, 1):
+                yield number, raw
+    except (OSError, EOFError, zlib.error) as exc:
+        _problem(stats, strict, f"{path}:{number + 1}", f"unreadable gzip data ({exc})")
+
+
+def _wanted_record(
+    msg: ArchivedMessage,
+    partition: str,
+    start_ms: int,
+    end_ms: int,
+    low_ms: int,
+    high_ms: int,
+    devices: set[str] | None,
+) -> bool:
+    if not low_ms <= msg.received_ms <= high_ms:
+        return False
+    if msg.ts is not None:
+        if not start_ms <= msg.ts <= end_ms:
+            return False
+    elif not start_ms <= msg.received_ms <= end_ms:
+        return False
+    if devices is None or partition not in (DISPATCH, REPORTS):
+        return True
+    return _names_a_device(msg, partition, devices)
+
+
+def _names_a_device(msg: ArchivedMessage, partition: str, devices: set[str]) -> bool:
+    """Dispatch: the alert's unit (alert ids are ``{device_id}.{rule}.{opened_ms}``); reports: the
+    ``device_id`` or hazard unit (``HZ.{unit}.…``) in the body; kept when neither can be told."""
+    if msg.topic_b64:
+        return True
+    parts = msg.topic.split("/")
+    if partition == DISPATCH:
+        return len(parts) < 4 or parts[3].split(".", 1)[0] in devices
+    try:
+        body = orjson.loads(msg.payload_bytes)
+    except orjson.JSONDecodeError:
+        return True
+    if not isinstance(body, dict):
+        return True
+    device_id = body.get("device_id")
+    if isinstance(device_id, str):
+        return device_id in devices
+    hazard_id = body.get("hazard_id")
+    if isinstance(hazard_id, str) and hazard_id.startswith("HZ."):
+        return hazard_id.split(".")[1] in devices
+    return True
+
+
+def _sorted_file(
+    path: Path,
+    partition: str,
+    window: tuple[int, int, int, int],
+    devices: set[str] | None,
+    stats: ReadStats,
+    strict: bool,
+) -> list[ArchivedMessage]:
+    """The wanted records of one partition file, in receive order (a file may hold several writers)."""
+    stats.files += 1
+    found = []
+    for number, raw in _partition_lines(path, stats, strict):
+        stats.lines += 1
+        msg = _parse(raw, f"{path}:{number}", stats, strict)
+        if msg is not None and _wanted_record(msg, partition, *window, devices):
+            found.append(msg)
+    found.sort(key=_order)
+    return found
+
+
+def _order(msg: ArchivedMessage) -> tuple[int, int, str]:
+    return (msg.received_ms, msg.seq, msg.writer)
+
+
+def journal_segments(archive_dir: Path) -> list[Path]:
+    """The journal segments present, oldest name first (a segment's name is ``<writer>.<n>.jsonl``)."""
+    journal = Path(archive_dir) / JOURNAL_DIR
+    if not journal.is_dir():
+        return []
+    return sorted(journal.glob(f"*{JOURNAL_SUFFIX}"))
+
+
+def journal_lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, bytes]]:
+    """(line number, JSON) of a journal segment. Its last line may be unfinished (being written, or
+    cut by a crash before ingest acked it): counted in ``stats.journal_partial``, not an error."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # folded into the partitions and deleted since it was listed
+        return
+    lines = data.split(b"\n")
+    if lines and lines[-1]:
+        stats.journal_partial += 1
+    for number, raw in enumerate(lines[:-1], 1):
+        if raw:
+            yield number, raw
+
+
+def _journal_records(
+    archive_dir: Path,
+    partitions: set[str] | None,
+    excluded: frozenset[str],
+    days: set[str],
+    window: tuple[int, int, int, int],
+    devices: set[str] | None,
+    stats: ReadStats,
+    strict: bool,
+) -> list[ArchivedMessage]:
+    found = []
+    for path in journal_segments(archive_dir):
+        stats.files += 1
+        for number, raw in journal_lines(path, stats):
+            stats.lines += 1
+            msg = _parse(raw, f"{path}:{number}", stats, strict)
+            if msg is None or day_name(msg.received_ms) not in days:
+                continue
+            partition = message_partition(msg.topic_bytes, msg.payload_bytes, msg.verdict, msg.reason)
+            if partition in excluded or (partitions is not None and partition not in partitions):
+                continue
+            if _wanted_record(msg, partition, *window, devices):
+                found.append(msg)
+    found.sort(key=_order)
+    return found
+
+
+def _days_between(low_ms: int, high_ms: int) -> list[str]:
+    first, last = local_date(low_ms), local_date(high_ms)
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+
+
+def iter_archive(
+    archive_dir: Path | str,
+    *,
+    start_ms: int,
+    end_ms: int,
+    devices: set[str] | None = None,
+    include_dispatch: bool = True,
+    include_reports: bool = True,
+    include_unknown: bool | None = None,
+    slack_ms: int = DEFAULT_SLACK_MS,
+    strict: bool = True,
+    stats: ReadStats | None = None,
+) -> Iterator[ArchivedMessage]:
+    """The archived messages of a window, in receive order ``(received_ms, seq, writer)``.
+
+    A message is in the window when it was received within ``[start_ms - slack_ms, end_ms +
+    slack_ms]`` and its device time ``ts`` is within ``[start_ms, end_ms]``; one without a device
+    time (most dead letters) when it was received within ``[start_ms, end_ms]``. ``devices``
+    limits the units (None: every partition); dispatch actions are then those of alerts on these
+    units, reports those naming them (or naming no unit). ``include_unknown`` (default: when
+    ``devices`` is None) adds the ``_unknown`` partition. Partition files and journal segments
+    are merged, each message yielded once.
+
+    ``strict`` (default): a corrupt line raises :class:`ArchiveCorrupt` naming ``file:line``.
+    ``strict=False`` skips it, counts it in ``stats.corrupt`` and logs it.
+    """
+    archive_dir = Path(archive_dir)
+    stats = stats if stats is not None else ReadStats()
+    low_ms, high_ms = start_ms - slack_ms, end_ms + slack_ms
+    window = (start_ms, end_ms, low_ms, high_ms)
+    if include_unknown is None:
+        include_unknown = devices is None
+    wanted: set[str] | None = None
+    if devices is not None:
+        wanted = {device_partition(d) for d in devices}
+    extras = {
+        name
+        for name, on in ((DISPATCH, include_dispatch), (REPORTS, include_reports), (UNKNOWN, include_unknown))
+        if on
+    }
+    excluded = SPECIAL_PARTITIONS - extras
+    days = _days_between(low_ms, high_ms)
+    sources: list[list[ArchivedMessage]] = []
+    for day in days:
+        folder = archive_dir / day
+        if not folder.is_dir():
+            continue
+        if wanted is None:
+            names = [p.name[: -len(PARTITION_SUFFIX)] for p in sorted(folder.glob(f"*{PARTITION_SUFFIX}"))]
+            names = [n for n in names if n not in excluded]
+        else:
+            names = sorted(wanted | extras)
+        for name in names:
+            path = partition_path(archive_dir, day, name)
+            if path.is_file():
+                sources.append(_sorted_file(path, name, window, devices, stats, strict))
+    partitions = None if wanted is None else wanted | extras
+    journal = _journal_records(archive_dir, partitions, excluded, set(days), window, devices, stats, strict)
+    sources.append(journal)
+    last: tuple[int, int, str] | None = None
+    for msg in heapq.merge(*sources, key=_order):
+        key = _order(msg)
+        if key == last:
+            stats.duplicates += 1
+            continue
+        last = key
+        stats.yielded += 1
+        yield msg
+
+
+# --------------------------------------------------------------------------- days and retention
+
+
+def archive_days(archive_dir: Path | str) -> list[date]:
+    """The local days that have archive data, oldest first."""
+    archive_dir = Path(archive_dir)
+    if not archive_dir.is_dir():
+        return []
+    days = []
+    for entry in archive_dir.iterdir():
+        if entry.is_dir() and DAY_DIR.fullmatch(entry.name):
+            try:
+                days.append(date.fromisoformat(entry.name))
+            except ValueError:
+                continue
+    return sorted(days)
+
+
+def prune_archive(archive_dir: Path | str, retention_days: int, today: date | None = None) -> list[date]:
+    """Delete the days older than ``retention_days`` before ``today`` (local); returns the days removed.
+
+    ``today`` defaults to the local date now; the day ``today - retention_days`` is kept.
+    """
+    if retention_days <= 0:
+        return []
+    if today is None:
+        today = local_date(int(time.time() * 1000))
+    oldest_kept = today - timedelta(days=retention_days)
+    removed = []
+    for day in archive_days(archive_dir):
+        if day < oldest_kept:
+            shutil.rmtree(Path(archive_dir) / day.isoformat(), ignore_errors=True)
+            removed.append(day)
+    if removed:
+        log.info("archive: pruned %d day(s) older than %s", len(removed), oldest_kept)
+    return removed
+
+
+def read_partition(
+    path: Path | str, *, strict: bool = True, stats: ReadStats | None = None
+) -> list[ArchivedMessage]:
+    """Every record of one partition file, in file order (tools and tests)."""
+    stats = stats if stats is not None else ReadStats()
+    out = []
+    for number, raw in _partition_lines(Path(path), stats, strict):
+        msg = _parse(raw, f"{path}:{number}", stats, strict)
+        if msg is not None:
+            out.append(msg)
+    return out
+
+
+__all__ = [
+    "DEFAULT_SLACK_MS",
+    "DISPATCH",
+    "FORMAT_VERSION",
+    "REPORTS",
+    "UNKNOWN",
+    "ArchiveCorrupt",
+    "ArchivedMessage",
+    "ReadStats",
+    "archive_days",
+    "archive_line",
+    "day_bounds",
+    "day_name",
+    "default_archive_dir",
+    "device_partition",
+    "gzip_block",
+    "gzip_member",
+    "iter_archive",
+    "journal_lines",
+    "journal_segments",
+    "message_partition",
+    "partition_path",
+    "prune_archive",
+    "read_partition",
+]
