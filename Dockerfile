@@ -12,6 +12,7 @@ COPY grafana ./grafana
 COPY metrics ./metrics
 COPY store ./store
 COPY kpi ./kpi
+COPY replay ./replay
 RUN pip install --no-cache-dir .
 ENV SESMON_DATA_DIR=/data
 VOLUME /data

@@ -350,7 +350,7 @@ class AlertPublisher:
             backlog = len(self._queue)
         if backlog >= MAX_QUEUED:  # the pager is behind (MQTT away): let Kafka hold the rest
             self.counters["paused_reading"] += 1
-            self._stop.wait(WAIT_SLICE_S)
+            time.sleep(WAIT_SLICE_S)  # not _stop.wait(): stop() is called from a signal handler
             return []
         first = self.consumer.poll(WAIT_SLICE_S)
         if first is None:

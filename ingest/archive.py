@@ -3,10 +3,11 @@
 Format, layout and reader: :mod:`sesmon.contract.archive`. Why it is built this way:
 
 - Off the hot path. The MQTT thread only appends ``(seq, topic, payload, record)`` to a deque
-  (:meth:`ArchiveWriter.add`, well under a microsecond). The Kafka poll thread formats what is
-  queued (orjson) once per round, before it serves delivery reports
-  (:meth:`ArchiveWriter.write_pending`): no thread of its own waking every few ms (on this VM a
-  timed wake-up costs ~50-80 µs of CPU: ~1 % of a core at 200 a second, idle or not).
+  (:meth:`ArchiveWriter.add`, well under a microsecond). The ``archive-writer`` thread formats
+  what is queued in batches and appends it to the journal; it is woken by the Kafka poll thread
+  (:meth:`ArchiveWriter.nudge`, every round) when a batch is worth a system call, not by a timer
+  of its own (a timed wake-up costs ~50-80 µs of CPU on this VM: ~1 % of a core at 200 a second,
+  idle or not). Formatting in the poll thread itself slowed the acks of everything (measured).
 - Acked means archived. Every batch is appended to a write-ahead journal segment with one
   ``write`` (in the OS page cache when it returns: a kill -9 of ingest loses none of it) and
   :attr:`ArchiveWriter.written_seq` moves on. The bridge acks a message only once Kafka has it
@@ -77,6 +78,8 @@ log = logging.getLogger("sesmon.ingest.archive")
 FLUSH_S = 30.0  # partition files are appended at most this often (plus the early flushes below)
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # all partitions together: a checkpoint when they hold this much
 OPEN_FILES_MAX = 4096  # partition files kept open between appends (at most half the process's fd limit)
+BATCH_MIN = 256  # messages that make a journal write worth it at once ...
+BATCH_WAIT_S = 0.005  # ... else the oldest waits at most this long (Kafka's linger is 20 ms)
 PRUNE_CHECK_S = 60.0  # how often the writer looks whether the local day changed (retention)
 DEAD_TS_MAX_BYTES = 64 * 1024  # dead letters: a device time is looked for in bodies up to this size
 NO_TS_REASONS = frozenset({"oversize", "too_deep", "not_json", "bad_topic"})
@@ -199,10 +202,9 @@ def recover_journals(archive_dir: Path, *, keep: Path | None = None) -> int:
 class ArchiveWriter:
     """The archive of one ingest process.
 
-    :meth:`add` from the MQTT thread (cheap); :meth:`write_pending` from the Kafka poll thread, once
-    per round before it serves delivery reports (a thread of its own that woke every few ms cost
-    ~1 % of a core idle on this VM, and the poll thread wakes anyway); checkpoints in the
-    ``archive-checkpoint`` thread, which wakes every ``flush_s`` or when buffers fill.
+    :meth:`add` from the MQTT thread (cheap); :meth:`nudge` from the Kafka poll thread every round;
+    batches in the ``archive-writer`` thread; checkpoints in the ``archive-checkpoint`` thread,
+    which wakes every ``flush_s`` or when the buffers fill.
     """
 
     def __init__(
@@ -241,6 +243,7 @@ class ArchiveWriter:
         self._closing = threading.Event()
         self._abort = threading.Event()  # crash(): stop at once, leave the journal as a kill would
         self._log_errors = 0.0  # monotonic time of the last logged write error (rate limit)
+        self._last_write = 0.0  # monotonic time of the last journal write
         # lines kept per (day, partition) until a checkpoint: copied into one bytearray each, because a
         # bytes object from orjson.dumps keeps its ~4 KiB buffer (10x the line) for as long as it lives
         self._buffers: dict[tuple[str, str], bytearray] = {}
@@ -265,7 +268,10 @@ class ArchiveWriter:
         self._journal_dir = self.archive_dir / JOURNAL_DIR
         self._today: date | None = None
         self._segment_lines_mark = 0  # lines written when the current journal segment was opened
+        self._wake = threading.Event()  # set by nudge(): a batch is worth writing
+        self._final = threading.Event()  # close(): the last checkpoint
         self.thread = threading.Thread(target=self._run, name="archive-checkpoint", daemon=True)
+        self.writer_thread = threading.Thread(target=self._run_writer, name="archive-writer", daemon=True)
 
     # ------------------------------------------------------------------ MQTT thread
     def add(self, topic: bytes, payload: bytes, record: Archivable) -> int:
@@ -291,16 +297,26 @@ class ArchiveWriter:
         self._open_segment()  # before recovery: ours is locked, so it is not taken for a crashed one
         self.counters["recovered_lines"] += recover_journals(self.archive_dir, keep=self._journal_path)
         self.thread.start()
+        self.writer_thread.start()
         return self
+
+    @property
+    def threads(self) -> dict[str, threading.Thread]:
+        """The threads a stage's health watches: if one dies, the stage must end."""
+        return {"archive-writer": self.writer_thread, "archive-checkpoint": self.thread}
 
     def close(self, timeout: float = 60.0) -> None:
         """Write what is queued, append every partition and delete the journal (a clean stop).
 
-        Call it once the thread that calls :meth:`write_pending` is gone.
+        Call it once nothing adds any more (the bridge: after its MQTT and poll threads stopped).
         """
+        self._closing.set()
+        self._wake.set()
+        if self.writer_thread.ident is not None:
+            self.writer_thread.join(timeout)
         if self._journal_fd >= 0:
             self.write_pending()
-        self._closing.set()
+        self._final.set()
         self._checkpoint_now.set()
         if self.thread.ident is not None:
             self.thread.join(timeout)
@@ -309,9 +325,11 @@ class ArchiveWriter:
         """Stop as a killed process would: nothing more written, the journal left for recovery."""
         self._abort.set()
         self._closing.set()
+        self._wake.set()
         self._checkpoint_now.set()
-        if self.thread.ident is not None:
-            self.thread.join(5)
+        for thread in (self.writer_thread, self.thread):
+            if thread.ident is not None:
+                thread.join(5)
         with self._lock:
             self._close_files()
             if self._journal_fd >= 0:
@@ -325,7 +343,32 @@ class ArchiveWriter:
             "archive_buffered_bytes": self._buffered + self._flushing,
         }
 
-    # ------------------------------------------------------------------ the poll thread's share
+    # ------------------------------------------------------------------ the writer
+    def nudge(self, force: bool = False) -> None:
+        """The Kafka poll thread, every round: wake the writer when a batch is worth a system call
+        (``BATCH_MIN`` messages, or the oldest queued ``BATCH_WAIT_S`` ago) or ``force`` (delivered
+        records wait for their messages). The poll thread wakes anyway; a writer on a timer of its
+        own cost ~1 % of a core idle on this VM (a timed wake-up costs ~50-80 µs of CPU here)."""
+        queue = self._queue
+        if queue and (
+            force or len(queue) >= BATCH_MIN or time.monotonic() - self._last_write >= BATCH_WAIT_S
+        ):
+            self._wake.set()
+
+    def _run_writer(self) -> None:
+        try:
+            while not self._closing.is_set():
+                self._wake.wait()
+                self._wake.clear()
+                if self._closing.is_set():
+                    return  # close() writes what is left
+                self.write_pending()
+        except BaseException as exc:  # the thread is watched: the stage ends and is restarted
+            log.exception("archive: the writer thread failed")
+            if self._on_fatal is not None:
+                self._on_fatal(f"the archive writer failed: {type(exc).__name__}: {exc}")
+            raise
+
     def write_pending(self) -> None:
         """Format what is queued, append it to the journal (one write), keep it per partition.
 
@@ -393,6 +436,7 @@ class ArchiveWriter:
                 log.error("archive: cannot write the journal (%s); acks wait until it can", exc)
             return
         self.written_seq = items[-1][0]
+        self._last_write = time.monotonic()
         self.counters["lines"] += len(items)
         self.counters["journal_bytes"] += len(data)
         self._buffered += len(data)
@@ -493,7 +537,7 @@ class ArchiveWriter:
                 self._checkpoint_now.clear()
                 if self._abort.is_set():
                     return
-                last = self._closing.is_set()
+                last = self._final.is_set()
                 self._checkpoint(last=last)
                 if last:
                     return

@@ -102,6 +102,7 @@ from sesmon.runtime.kafka import dumps, ensure_topics, make_producer, stats_reco
 from sesmon.runtime.mqtt import connect_async, make_client
 from sesmon.runtime.retry import Stopping, retrying
 from sesmon.runtime.settings import Settings
+from sesmon.runtime.signals import StopSignals
 
 log = logging.getLogger("sesmon.ingest")
 
@@ -935,7 +936,7 @@ class IngestBridge:
         next_stats, next_registry, next_watch = now, now + REGISTRY_EVERY_S, now + WATCHDOG_EVERY_S
         while not self._stop.is_set() or self._unacked > 0:
             if self.archive is not None:  # before delivery reports: their acks need their messages written
-                self.archive.write_pending()
+                self.archive.nudge(force=bool(self._archive_waits))
                 if self._archive_waits:
                     self._release_archived()
             try:
@@ -1025,7 +1026,8 @@ class IngestBridge:
     def start(self, connect_mqtt: bool = True) -> IngestBridge:
         """Connect and run. ``connect_mqtt=False`` runs only the Kafka side, for :meth:`handle_raw`."""
         if self.archive is not None:  # first: crashed writers' journals are folded in before new lines
-            self.health.watch_thread("archive-checkpoint", self.archive.start().thread)
+            for name, thread in self.archive.start().threads.items():
+                self.health.watch_thread(name, thread)
         if connect_mqtt and isinstance(self.client, MqttSession):
             self.health.watch_thread("mqtt-network", self.client.start().thread)  # it must not die
         elif connect_mqtt:
@@ -1120,14 +1122,10 @@ class IngestBridge:
 
 def run(settings: Settings, registry: Registry | None) -> None:
     """``sesmon ingest``: run until SIGINT/SIGTERM; end with status 70 on a fatal error or a dead thread."""
-    import signal
-
     bridge = IngestBridge(settings, registry).start()
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
+    signalled = StopSignals().install()
     log.info("ingest: %s -> Kafka %s", settings.mqtt_endpoint.url(), settings.kafka_bootstrap)
-    while not done.wait(WATCHDOG_EVERY_S):
+    while not signalled.wait(WATCHDOG_EVERY_S):
         dead = bridge.dead_parts()
         if dead:
             fatal("ingest", f"thread(s) {', '.join(dead)} died")

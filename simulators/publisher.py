@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import threading
 import time
 from collections import Counter, deque
@@ -36,6 +35,7 @@ import paho.mqtt.client as mqtt
 
 from sesmon.runtime.mqtt import make_client
 from sesmon.runtime.settings import MqttEndpoint, Settings, get_settings
+from sesmon.runtime.signals import StopSignals
 from simulators.common import TOPIC_ROOT, Msg, iso_ms
 from simulators.engine import FleetSim, SimOptions
 from simulators.network import NetworkOptions
@@ -185,22 +185,11 @@ def mqtt_endpoint(url: str, settings: Settings | None = None) -> MqttEndpoint:
     return MqttEndpoint.from_url(url, username=settings.mqtt_username, password=settings.mqtt_password)
 
 
-class _Stopper:
-    """SIGINT/SIGTERM → a clean stop (only installable from the main thread)."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-        self.old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Stopper:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, lambda *_: self.stop.set())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
+def _stop_signals() -> contextlib.AbstractContextManager[StopSignals]:
+    """SIGINT/SIGTERM → a clean stop; handlers are only installable from the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        return StopSignals()
+    return contextlib.nullcontext(StopSignals())  # never raised: the caller's stop_event stops it
 
 
 def run_simulation(
@@ -278,8 +267,8 @@ def run_simulation(
     rate = 0.0
     stats: dict[str, Any] = {}
     try:
-        with _Stopper(stop), display:
-            while not stop.is_set():
+        with _stop_signals() as signalled, display:
+            while not stop.is_set() and signalled.raised is None:
                 now = time.monotonic()
                 elapsed = now - wall0
                 if duration is not None and elapsed >= duration:

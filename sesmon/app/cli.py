@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     from grafana.cli import register as register_grafana  # sesmon grafana export|push
 
     register_grafana(sub)
+    from replay.cli import register as register_replay  # sesmon replay
+
+    register_replay(sub)
     return parser
 
 

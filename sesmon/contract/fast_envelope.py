@@ -342,6 +342,9 @@ def device_envelope(
                 nested = True
             body[name] = value
     limit = min(max_depth, JSON_DEPTH_CEILING)
+    # the parsed values can hide nesting: a duplicate key keeps only its last value, yet the slow
+    # path judges depth on the bytes, so any second bracket in the bytes means "check them"
+    nested = nested or b"[" in payload or payload.count(b"{") != 1
     if (nested or limit < 1) and json_depth_exceeds(payload, limit):
         return None
     if spec.codes is not None and body["code"] not in spec.codes:
