@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] || ! command -v influxd >/dev/null 2>&1 \
-  || ! command -v chromium >/dev/null 2>&1; then
+  || ! command -v chromium >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends mosquitto influxdb chromium >/dev/null  # chromium: replay report test
+  # chromium: the replay report test; docker-compose (Compose 1.29): `config` checks docker-compose.yml
+  $SUDO apt-get install -y -qq --no-install-recommends mosquitto influxdb chromium docker-compose >/dev/null
 fi
 # grafana-client needs niquests, which needs urllib3-future; that package's wheel installs a .pth
 # hook replacing the real urllib3 (pinned, used by the webhooks) at every interpreter start. These

@@ -1,8 +1,10 @@
 """``docker-compose.yml`` is a valid Compose file that runs what the project ships, with health checks.
 
-- ``docker compose config -q`` when the Docker client has its compose plugin (it is not in
-  Debian bookworm: ``docker.io`` 20.10 has no plugin and ``docker-compose`` is the Python v1);
-- always: the file, interpolated as Compose does, validated against the Compose
+- ``docker-compose config -q``: Debian bookworm's Compose (1.29, installed by
+  ``scripts/setup.sh``; the v2 plugin is not packaged) parses, interpolates and validates the
+  file as Compose does, with the secrets of ``deploy/env.example`` filled in; it predates only
+  the top-level ``name`` (project name), which is taken out for it;
+- the file, interpolated as Compose does, validated against the Compose
   Specification's JSON schema (``tests/fixtures/compose-spec.json``, vendored from
   github.com/compose-spec/compose-spec ``schema/compose-spec.json`` at commit 170098ba,
   Apache-2.0 — the schema ``docker compose`` itself validates with), plus what the schema
@@ -89,6 +91,37 @@ def test_compose_file_matches_the_compose_specification_schema() -> None:
     assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
     with pytest.raises(KeyError, match="INFLUX_TOKEN"):  # a missing secret stops compose, with a hint
         compose_model({k: v for k, v in SECRETS.items() if k != "INFLUX_TOKEN"})
+
+
+def docker_compose_config(text: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config -q`` on ``text`` (without ``name``) placed where the real file is."""
+    model = yaml.safe_load(text)
+    model.pop("name", None)
+    probe = ROOT / f".compose-check-{uuid.uuid4().hex[:8]}.yml"  # relative paths resolve as for the real file
+    probe.write_text(yaml.safe_dump(model))
+    try:
+        return subprocess.run(
+            ["docker-compose", "--project-name", "sesmon", "-f", str(probe), "config", "-q"],
+            cwd=tmp_path,
+            env={"PATH": os.environ["PATH"], **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        probe.unlink()
+
+
+def test_docker_compose_config_accepts_the_file_and_catches_mistakes(tmp_path: Path) -> None:
+    example = (ROOT / "deploy" / "env.example").read_text()
+    assert set(SECRETS) <= set(re.findall(r"^([A-Z_]+)=", example, re.MULTILINE))  # the example names them all
+    text = COMPOSE.read_text()
+    done = docker_compose_config(text, SECRETS, tmp_path)
+    assert done.returncode == 0, done.stderr
+    missing = docker_compose_config(text, {k: v for k, v in SECRETS.items() if k != "INFLUX_TOKEN"}, tmp_path)
+    assert missing.returncode != 0 and "INFLUX_TOKEN" in missing.stderr
+    misspelt = docker_compose_config(text.replace("healthcheck:", "healthchek:", 1), SECRETS, tmp_path)
+    assert misspelt.returncode != 0 and "healthchek" in misspelt.stderr
 
 
 def test_compose_references_files_commands_and_health_checks() -> None:
