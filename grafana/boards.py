@@ -6,7 +6,8 @@ Every query is InfluxQL over the measurements ``store/points.py`` writes (DESIGN
 escalation), ``hazard`` (+ grade, status, supervision, source; fields hazard_id, open,
 overdue, deadline, …), ``dispatch`` (+ action, rule; fields alert_id, actor, since_alarm_s),
 ``pipeline`` (tag stage; every counter flattened), ``safety_kpi`` (tags scope, scope_id, kind,
-window) and the replay's ``replay_signal`` / ``replay_alert`` / ``replay_timeline``.
+window), ``unit`` (the map: tags device_id, kind, district, firm_id; fields lat, lon, state,
+state_rank, online, mode, firing) and the replay's ``replay_signal`` / ``replay_alert`` / ``replay_timeline``.
 
 How "the current state" is read from a log of changes: a record's tags are part of its series,
 so an alert that resolves, or a hazard that is rectified, starts a new series. The queries
@@ -33,6 +34,7 @@ from grafana.panels import (
     bar_panel,
     choice_variable,
     count_by,
+    geomap_panel,
     merge,
     pie_panel,
     stat_panel,
@@ -61,6 +63,14 @@ ARRIVAL_LIMIT_S = RESCUE_ARRIVAL_MAX_MIN * 60
 WATER_LOW_MM, WATER_EXTREME_LOW_MM = -50.0, -120.0
 
 TAGS = ["sesmon"]
+
+#: the map's unit states by ``state_rank`` (store/points.py ``UNIT_STATES``; a test holds them equal)
+UNIT_STATES = ("normal", "maintenance", "out_of_service", "offline", "fault", "trapped")
+#: their colours, in rank order
+UNIT_STATE_COLOURS = ("green", "blue", "purple", "#8e8e8e", AMBER, RED)
+#: the city overview map's initial view: Guangzhou (越秀, 23.13 N 113.26 E), the central districts
+GUANGZHOU = (23.13, 113.26)
+GUANGZHOU_ZOOM = 10
 
 
 def q(query: str, ref: str = "A", *, table: bool = False, alias: str = "") -> InfluxQL:
@@ -178,6 +188,7 @@ def city_overview() -> Dashboard:
             )
         )
         .with_row(dash.Row("Units by state"))
+        .with_panel(units_map())
         .with_panel(
             pie_panel(
                 "Elevators by service mode",
@@ -238,6 +249,37 @@ def city_overview() -> Dashboard:
         )
     )
     return _numbered(board.build())
+
+
+def units_map() -> dash.Panel:
+    """Every unit at its registry coordinates, coloured by its state (the store's ``unit`` points)."""
+    key = " · ".join(f"{rank} {state.replace('_', ' ')}" for rank, state in enumerate(UNIT_STATES))
+    return geomap_panel(
+        "Map of units by state",
+        [
+            q(
+                "SELECT last(lat) AS lat, last(lon) AS lon, last(state) AS state, "
+                "last(state_rank) AS state_rank FROM unit "
+                f"WHERE $timeFilter AND {DISTRICT} GROUP BY device_id, district, firm_id",
+                table=True,
+            )
+        ],
+        latitude="lat",
+        longitude="lon",
+        color_field="state_rank",
+        thresholds=steps(*((rank, UNIT_STATE_COLOURS[rank]) for rank in range(1, len(UNIT_STATES)))),
+        layer_name=f"State: {key}",
+        centre=GUANGZHOU,
+        zoom=GUANGZHOU_ZOOM,
+        tooltip_hidden=["Time", "lat", "lon", "state_rank"],
+        transformations=[merge()],
+        description=(
+            "Each unit at its registry coordinates, coloured by its latest state: trapped (an "
+            "elevator.trapped alert firing), fault (another alert firing), offline (Last Will or no "
+            "heartbeat), out of service (mode, or not in use in the registry), maintenance "
+            "(inspection mode), normal. Units without coordinates are not shown."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- (2) incident queue

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from grafana_foundation_sdk.builders import bargauge, piechart, stat, table, timeseries
+from grafana_foundation_sdk.builders import bargauge, geomap, piechart, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import geomap as geomap_models
 from grafana_foundation_sdk.models.dashboard import (
     DataTransformerConfig,
     DynamicConfigValue,
+    FieldColorModeId,
     Threshold,
     ThresholdsMode,
     VariableOption,
@@ -220,6 +222,81 @@ def pie_panel(
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(True))
         .transformations(list(transformations))
     )
+
+
+#: Grafana's circle marker (public/img/icons/marker/circle.svg)
+CIRCLE_MARKER = "img/icons/marker/circle.svg"
+
+
+def geomap_panel(
+    title: str,
+    targets: Targets,
+    *,
+    latitude: str,
+    longitude: str,
+    color_field: str,
+    thresholds: dash.ThresholdsConfig,
+    layer_name: str,
+    centre: tuple[float, float],
+    zoom: int,
+    tooltip_hidden: Sequence[str] = (),
+    description: str = "",
+    transformations: Sequence[DataTransformerConfig] = (),
+    width: int = 24,
+    height: int = 14,
+) -> geomap.Panel:
+    """A map with one marker layer: a point per row at (``latitude``, ``longitude``), coloured by a field.
+
+    Grafana's markers legend lists the colour thresholds by value ("< 1", "1+", ...), not by a
+    value mapping's text, so ``layer_name`` (shown above the legend) carries the key. The SDK has
+    no model for the markers layer's own config (``MarkersConfig``): it is assembled from the
+    SDK's typed dimension models. ``tooltip_hidden`` columns are left out of the hover tooltip.
+    """
+    style = {
+        "color": common_builders.ColorDimensionConfig().field(color_field).fixed("green").build(),
+        "size": common_builders.ScaleDimensionConfig().fixed(6).min(2).max(15).build(),
+        "symbol": common_builders.ResourceDimensionConfig()
+        .mode(common.ResourceDimensionMode.FIXED)
+        .fixed(CIRCLE_MARKER)
+        .build(),
+        "opacity": 0.8,
+    }
+    markers = (
+        common_builders.MapLayerOptions()
+        .type("markers")
+        .name(layer_name)
+        .location(
+            common_builders.FrameGeometrySource()
+            .mode(common.FrameGeometrySourceMode.COORDS)
+            .latitude(latitude)
+            .longitude(longitude)
+        )
+        .config({"showLegend": True, "style": style})
+        .tooltip(True)
+    )
+    lat, lon = centre
+    panel = (
+        geomap.Panel()
+        .title(title)
+        .description(description)
+        .datasource(datasource_ref())
+        .targets(list(targets))
+        .span(width)
+        .height(height)
+        .transformations(list(transformations))
+        # the SDK types lat/lon as int (Grafana's CUE schema says int64; its TypeScript, number)
+        .view(geomap.MapViewConfig().id("coords").lat(lat).lon(lon).zoom(zoom))  # type: ignore[arg-type]
+        .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True).show_attribution(True))
+        .basemap(common_builders.MapLayerOptions().type("default").name("Basemap"))
+        .layers([markers])
+        .tooltip(geomap.TooltipOptions().mode(geomap_models.TooltipMode.DETAILS))
+        .color_scheme(dash.FieldColor().mode(FieldColorModeId.THRESHOLDS))
+        .thresholds(thresholds)
+    )
+    hidden = common_builders.HideSeriesConfig().tooltip(True).legend(False).viz(False).build()
+    for column in tooltip_hidden:
+        panel = panel.override_by_name(column, [DynamicConfigValue(id_val="custom.hideFrom", value=hidden)])
+    return panel
 
 
 # --------------------------------------------------------------------------- transformations

@@ -13,6 +13,11 @@
 - ``pipeline`` → ``pipeline``: tag stage; every counter, flattened (numbers as floats); time ``at``
 - ``kpi`` → ``safety_kpi``: tags scope, scope_id, kind, window; the DESIGN.md §6 numerators,
   denominators and ratios (as the kpi stage computed them); time = the "as of" instant
+- ``unit`` (the city map, :class:`UnitMap`): tags device_id, kind, district, firm_id; fields lat,
+  lon, state (:data:`UNIT_STATES`), state_rank, online, mode, firing (the rules firing, sorted,
+  comma-joined); written when a unit's state changes (``status``, telemetry ``mode``, an alert
+  opening or clearing) and for every registry unit once per ``store_unit_refresh_s``; time = the
+  store's clock (it is the map's *current* state: a refresh must never hide a newer change)
 
 Identity: a point is its series (measurement + tags) and time, so a record read twice (the
 sink is at-least-once) overwrites itself with the same values. District and firm come from
@@ -25,9 +30,11 @@ as a float when numeric; pipeline counters are always floats.
 
 from __future__ import annotations
 
+import math
+import time
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,13 +42,14 @@ import orjson
 from metrics.inputs import parse_alert_id
 from metrics.kpi import SafetyKpi
 from sesmon.contract.groups import envelopes_of
+from sesmon.contract.registry import Unit
 from sesmon.contract.schemas import TELEMETRY_MODELS
 from store.lineproto import encode, series_prefix
 
-#: the Kafka streams the sink stores
-STORED_STREAMS = ("telemetry", "events", "alerts", "hazards", "dispatch", "pipeline", "kpi")
+#: the Kafka streams the sink stores (``status`` only moves the map's :class:`UnitMap`)
+STORED_STREAMS = ("telemetry", "events", "status", "alerts", "hazards", "dispatch", "pipeline", "kpi")
 #: streams ingest writes: a record there may carry many envelopes (``sesmon.contract.groups``)
-GROUPED_STREAMS = frozenset({"telemetry", "events", "dispatch"})
+GROUPED_STREAMS = frozenset({"telemetry", "events", "status", "dispatch"})
 
 
 class BadRecord(ValueError):
@@ -89,16 +97,21 @@ class RecordLines:
 class PointMaker:
     """Turns the raw value of a record on one of :data:`STORED_STREAMS` into lines.
 
-    ``place`` maps a device_id to its (district, firm_id) — the registry's — or ``None``.
+    ``place`` maps a device_id to its (district, firm_id) — the registry's — or ``None``;
+    ``units``, when given, follows each unit's state for the city map (``unit`` points).
     """
 
-    def __init__(self, place: Callable[[str], tuple[str, str] | None] | None = None) -> None:
+    def __init__(
+        self, place: Callable[[str], tuple[str, str] | None] | None = None, units: UnitMap | None = None
+    ) -> None:
         self.place = place or (lambda _device: None)
+        self.units = units
         self._tags: dict[str, dict[str, str]] = {}  # device_id -> its tags (call forget() on a new registry)
         self._prefixes: dict[tuple[str, str], str] = {}  # (measurement, device_id) -> its series prefix
         self.by_stream: dict[str, Callable[[Any], list[str]]] = {
             "telemetry": self.telemetry,
             "events": self.event,
+            "status": self.status,
             "alerts": self.alert,
             "hazards": self.hazard,
             "dispatch": self.dispatch,
@@ -193,7 +206,19 @@ class PointMaker:
                 body[name] = int(value)
         body["received_ms"] = int(env["received_ms"])
         prefix = self._prefixes.get((kind, device_id)) or self._series_prefix(kind, device_id)
-        return [encode(kind, {}, body, env["ts"], prefix)]
+        line = encode(kind, {}, body, env["ts"], prefix)
+        units = self.units
+        if units is not None and units.modes.get(device_id, _UNSEEN) != body.get("mode"):
+            return [line, *units.mode(device_id, kind, body.get("mode"))]  # the rare case: a mode change
+        return [line]
+
+    def status(self, env: dict[str, Any]) -> list[str]:
+        """``online`` / ``offline`` (a Last Will too): no point of its own, only the map's state."""
+        body = env["body"]
+        online = {"online": True, "offline": False}[body["status"]]
+        if self.units is None:
+            return []
+        return self.units.status(env.get("device_id") or body["device_id"], online)
 
     def event(self, env: dict[str, Any]) -> list[str]:
         body = env["body"]
@@ -251,7 +276,10 @@ class PointMaker:
             "open_s": (int(a["changed_at"]) - int(a["opened_at"])) / 1000,
             "receivers": len(a.get("receivers") or ()),
         }
-        return [encode("alert", tags, fields, a["changed_at"])]
+        line = encode("alert", tags, fields, a["changed_at"])
+        if self.units is None:
+            return [line]
+        return [line, *self.units.alert(a["device_id"], a["rule"], a["state"] == "firing")]
 
     def hazard(self, h: dict[str, Any]) -> list[str]:
         tags = {
@@ -312,3 +340,187 @@ def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None
 def kpi_line(kpi: SafetyKpi, as_of_ms: int | None = None) -> str:
     """A ``safety_kpi`` point (tags scope, scope_id, kind, window), timed at the window's end."""
     return encode("safety_kpi", kpi.tags(), kpi.fields(), kpi.window.end_ms if as_of_ms is None else as_of_ms)
+
+
+# --------------------------------------------------------------------------- the city map's unit states
+
+#: what the city map shows of a unit; its index is ``state_rank`` (the map's colour: higher is worse)
+UNIT_STATES = ("normal", "maintenance", "out_of_service", "offline", "fault", "trapped")
+STATE_RANK = {state: rank for rank, state in enumerate(UNIT_STATES)}
+#: alerts that mean passengers are trapped now
+TRAPPED_RULES = frozenset({"elevator.trapped", "elevator.trapped_2h"})
+#: the deadman alert: no message for N heartbeats (or the Last Will): offline, not a fault
+OFFLINE_RULES = frozenset({"offline"})
+#: calendar alerts (paperwork the hidden-danger board shows): the unit itself works
+NOT_FAULT_RULES = frozenset({"inspection_due_soon", "inspection_overdue", "elevator.maintenance_overdue"})
+_NOT_FAULTS = TRAPPED_RULES | OFFLINE_RULES | NOT_FAULT_RULES
+_UNSEEN = object()  # a unit whose mode the map has not seen yet (None is "a reading without mode")
+
+
+@dataclass(slots=True)
+class UnitStatus:
+    """What the map knows of one unit: its latest mode, status and the rules firing for it."""
+
+    mode: str | None = None
+    online: bool = True
+    firing: set[str] = field(default_factory=set)
+    shown: str = ""  # the state last written ("" = none yet)
+
+    def state(self, in_use: bool = True) -> str:
+        """The worst that applies: trapped > fault > offline > out_of_service > maintenance > normal."""
+        if self.firing & TRAPPED_RULES:
+            return "trapped"
+        if self.firing - _NOT_FAULTS:
+            return "fault"
+        if not self.online or self.firing & OFFLINE_RULES:
+            return "offline"
+        if not in_use or self.mode == "out_of_service":
+            return "out_of_service"
+        if self.mode == "inspection":  # GB/T 24476 inspection (检修) operation: a technician at work
+            return "maintenance"
+        return "normal"
+
+
+class UnitMap:
+    """Each unit's state on the city overview map as ``unit`` points (tags, coordinates: the registry's).
+
+    Why a point on every change *and* a refresh: the board reads ``last()`` over its time range,
+    so a unit whose state has not changed for days must still have a point inside the range;
+    every unit of the registry is rewritten once per ``refresh_s``, spread evenly over it (a
+    bounded rate: ``n / refresh_s`` points a second, no burst). Units without coordinates (or
+    not in the registry) give no point; they are counted in ``units_without_coordinates``.
+
+    The telemetry hot path costs a dict lookup and a compare (:attr:`modes`); everything else
+    here runs on status records, alert changes and the refresh. Not thread-safe: the stage's
+    main thread owns it. ``clock`` (seconds, wall time) is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        unit_of: Callable[[str], Unit | None],
+        device_ids: Callable[[], Iterable[str]],
+        refresh_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.unit_of = unit_of
+        self.device_ids = device_ids
+        self.refresh_s = refresh_s
+        self.clock = clock
+        self.units: dict[str, UnitStatus] = {}
+        #: device_id -> its latest telemetry mode (None: readings without one): the hot path's check
+        self.modes: dict[str, str | None] = {}
+        self.without_coordinates: set[str] = set()
+        self.points = 0
+        self.seeded = 0
+        self._order: list[str] = []
+        self._cycle_start: float | None = None
+        self._done = 0
+
+    # ------------------------------------------------------------------ what moves a unit
+
+    def mode(self, device_id: str, kind: str, mode: str | None) -> list[str]:
+        """A reading whose mode differs from the last one seen (or the unit's first reading)."""
+        self.modes[device_id] = mode
+        unit = self._unit(device_id)
+        if kind == "elevator":
+            unit.mode = mode
+        return self._changed(device_id, unit)
+
+    def status(self, device_id: str, online: bool) -> list[str]:
+        unit = self._unit(device_id)
+        unit.online = online
+        return self._changed(device_id, unit)
+
+    def alert(self, device_id: str, rule: str, firing: bool) -> list[str]:
+        unit = self._unit(device_id)
+        if firing:
+            unit.firing.add(rule)
+        else:
+            unit.firing.discard(rule)
+        return self._changed(device_id, unit)
+
+    def seed(self, device_id: str, mode: str | None, online: bool, firing: Iterable[str], shown: str) -> None:
+        """What the last ``unit`` point said (read back from InfluxDB at start): a restarted store
+        must not forget a unit whose alert opened before the Kafka offset it resumes from."""
+        unit = self._unit(device_id)
+        unit.mode, unit.online, unit.firing, unit.shown = mode, online, set(firing), shown
+        self.seeded += 1
+
+    def forget(self) -> None:
+        """The registry changed: coordinates, tags and the refresh order are looked up again."""
+        self.without_coordinates.clear()
+        self._cycle_start = None
+
+    # ------------------------------------------------------------------ points
+
+    def refresh(self) -> list[str]:
+        """The units whose turn has come in this refresh cycle (unit ``i`` of ``n`` at ``i/n`` of it)."""
+        now = self.clock()
+        start = self._cycle_start
+        if start is None or now < start or (self._done >= len(self._order) and now - start >= self.refresh_s):
+            if start is not None and start <= now < start + 2 * self.refresh_s:
+                start += self.refresh_s  # the next cycle starts where this one ended: no drift
+            else:
+                start = now  # the first, after a long stall, or the clock went back
+            self._cycle_start = start
+            self._order = sorted(self.device_ids())
+            self._done = 0
+        n = len(self._order)
+        elapsed = now - start
+        due = n if elapsed >= self.refresh_s else min(n, math.floor(n * elapsed / self.refresh_s) + 1)
+        lines = []
+        for device_id in self._order[self._done : due]:
+            unit = self.units.get(device_id) or UnitStatus()
+            line = self._line(device_id, unit)
+            if line:
+                lines.append(line)
+        self._done = max(self._done, due)
+        return lines
+
+    def _unit(self, device_id: str) -> UnitStatus:
+        unit = self.units.get(device_id)
+        if unit is None:
+            unit = self.units[device_id] = UnitStatus()
+        return unit
+
+    def _changed(self, device_id: str, unit: UnitStatus) -> list[str]:
+        registered = self.unit_of(device_id)
+        if unit.state(registered is None or registered.in_use) == unit.shown:
+            return []
+        line = self._line(device_id, unit, registered)
+        return [line] if line else []
+
+    def _line(self, device_id: str, unit: UnitStatus, registered: Unit | None = None) -> str:
+        """The unit's ``unit`` point now; ``""`` when it has no coordinates (counted)."""
+        registered = registered or self.unit_of(device_id)
+        if registered is None or registered.lat is None or registered.lon is None:
+            self.without_coordinates.add(device_id)
+            return ""
+        state = unit.state(registered.in_use)
+        unit.shown = state
+        tags = {
+            "device_id": device_id,
+            "kind": str(registered.kind.value),
+            "district": registered.district,
+            "firm_id": registered.firm_id,
+        }
+        fields: dict[str, Any] = {
+            "lat": float(registered.lat),
+            "lon": float(registered.lon),
+            "state": state,
+            "state_rank": STATE_RANK[state],
+            "online": unit.online,
+            "mode": unit.mode,  # None (a boiler, or no reading yet) is not written
+            "firing": ",".join(sorted(unit.firing)),
+        }
+        self.points += 1
+        return encode("unit", tags, fields, int(self.clock() * 1000))
+
+    def snapshot(self) -> dict[str, int]:
+        """Counters for the stage's ``pipeline`` record."""
+        return {
+            "unit_points": self.points,
+            "units_tracked": len(self.units),
+            "units_without_coordinates": len(self.without_coordinates),
+            "units_seeded": self.seeded,
+        }

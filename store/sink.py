@@ -18,6 +18,12 @@ in InfluxDB or in the spool (batches in memory are not durable: a crash re-reads
 point written twice is the same series and time with the same values, which InfluxDB
 stores once. On a clean stop the memory batches are spooled, so nothing is read again.
 
+The city map's ``unit`` points (:class:`store.points.UnitMap`) ride in the same batches: those a
+record causes with its offsets, the periodic refresh of every registry unit on its own (no
+offset). At start the stage reads each unit's last ``unit`` point back from InfluxDB, so a
+restart does not forget an alert that opened before the offset it resumes from (InfluxDB away at
+start: the states rebuild from the records, counted in ``unit_seed_failures``).
+
 Retries follow ``sesmon.runtime.retry`` (backoff with jitter, ends when the stage stops). Points
 InfluxDB refuses as invalid (HTTP 400/422: a field type conflict) cannot succeed on a retry:
 they are counted, logged and kept under ``<data dir>/store/rejected/`` for inspection.
@@ -34,7 +40,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
+import orjson
+import urllib3
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from sesmon.contract.registry import Registry
@@ -42,9 +51,9 @@ from sesmon.runtime.health import Health, fatal
 from sesmon.runtime.kafka import ensure_topics, make_consumer, make_producer, stats_record
 from sesmon.runtime.retry import Stopping, call_with_retry
 from sesmon.runtime.settings import Settings
-from store.points import STORED_STREAMS, BadRecord, PointMaker, RecordLines
+from store.points import STATE_RANK, STORED_STREAMS, BadRecord, PointMaker, RecordLines, UnitMap
 from store.spool import Spool, SpoolFile
-from store.wire import InfluxUnavailable, InfluxWriter, WriteRejected
+from store.wire import TIMEOUT, InfluxUnavailable, InfluxWriter, V1Wire, WriteRejected
 
 log = logging.getLogger("sesmon.store")
 
@@ -66,6 +75,12 @@ WRITER_COUNTERS = (
     "spooled_batches",
 )
 REGISTRY_CHECK_S = 5.0
+#: each unit's last ``unit`` point, read at start; a refresh writes one every few minutes, so a week
+#: back finds every unit unless the store was away longer (then the states rebuild from the records)
+UNIT_SEED_QUERY = (
+    "SELECT last(state) AS state, last(mode) AS mode, last(online) AS online, last(firing) AS firing "
+    "FROM unit WHERE time > now() - 7d GROUP BY device_id"
+)
 
 
 @dataclass(eq=False)
@@ -89,20 +104,28 @@ class BatchBuilder:
         self.started = 0.0
 
     def add(self, lines: list[str], topic: str, partition: int, offset: int) -> None:
-        if not self.offsets:
+        if not self.offsets and not self.lines:
             self.started = time.monotonic()
         self.lines += lines
         self.offsets[(topic, partition)] = offset + 1
+
+    def add_lines(self, lines: list[str]) -> None:
+        """Points no Kafka record stands for (the map's refresh): written, nothing to commit."""
+        if not lines:
+            return
+        if not self.offsets and not self.lines:
+            self.started = time.monotonic()
+        self.lines += lines
 
     @property
     def full(self) -> bool:
         return len(self.lines) >= self.max_points
 
     def due(self, now: float) -> bool:
-        return bool(self.offsets) and (self.full or now - self.started >= self.max_age_s)
+        return bool(self.offsets or self.lines) and (self.full or now - self.started >= self.max_age_s)
 
     def take(self) -> Batch | None:
-        if not self.offsets:
+        if not self.offsets and not self.lines:
             return None
         body = ("\n".join(self.lines) + "\n").encode() if self.lines else b""
         batch = Batch(body, len(self.lines), self.offsets)
@@ -360,7 +383,12 @@ class StoreStage:
         self.sink = PointSink(
             self.writer, self.spool, settings.store_memory_max_points, self.counters, self.health
         )
-        self.maker = PointMaker(self._place)
+        self.units = (
+            UnitMap(self.registry.get, lambda: list(self.registry.units), settings.store_unit_refresh_s)
+            if self.registry is not None
+            else None
+        )
+        self.maker = PointMaker(self._place, self.units)
         self.stream_of = {settings.topic(s): s for s in STORED_STREAMS}
         self.count_key = {settings.topic(s): f"records_{s}" for s in STORED_STREAMS}
         for name in ("bad_records", "bad_envelopes", *(f"envelopes_{s}" for s in STORED_STREAMS)):
@@ -396,6 +424,7 @@ class StoreStage:
         self.health.watch_thread("main", threading.current_thread())
         self.sink.start()
         self.health.watch_thread("influx_writer", self.sink.thread)
+        self._seed_units()
         try:
             while not self._stop.is_set():
                 self._flow_control()
@@ -551,12 +580,18 @@ class StoreStage:
         if now >= self._next_registry:
             self._next_registry = now + REGISTRY_CHECK_S
             self._reload_registry()
+        if self.units is not None:
+            refreshed = self.units.refresh()
+            if refreshed:
+                self.counters["points"] += len(refreshed)
+                self.builder.add_lines(refreshed)
         self.stats_producer.poll(0)
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, the sink's state and health: what the ``pipeline`` record carries."""
         return (
             dict(self.counters)
+            | (self.units.snapshot() if self.units is not None else {})
             | self.sink.snapshot()
             | {
                 "uncommitted_batches": len(self.batches),
@@ -581,16 +616,60 @@ class StoreStage:
         try:
             if self.registry.reload_if_changed():
                 self.maker.forget()
+                if self.units is not None:
+                    self.units.forget()
                 log.info("registry reloaded: %d units", len(self.registry))
         except Exception as exc:  # a bad file keeps the registry in force
             self.counters["registry_reload_failures"] += 1
             log.error("registry changed but cannot be used, keeping the one in force: %s", exc)
+
+    def _seed_units(self) -> None:
+        """Each unit's last ``unit`` point, read back once at start (InfluxQL ``/query``, v1 auth)."""
+        if self.units is None:
+            return
+        settings = self.settings
+        wire = V1Wire(self.writer.url, settings.influx_db, settings.influx_token)
+        params = urlencode({"db": settings.influx_db, "q": UNIT_SEED_QUERY}, quote_via=quote)
+        try:
+            response = wire.pool.request(
+                "GET", f"{wire.url}/query?{params}", headers=wire.headers, timeout=TIMEOUT, retries=False
+            )
+            if response.status != 200:
+                raise InfluxUnavailable(f"/query answered {response.status}: {response.data[:300]!r}")
+            answer = orjson.loads(response.data)
+            seeded = seed_units(self.units, answer)
+            log.info("map states of %d units read back from InfluxDB", seeded)
+        except (urllib3.exceptions.HTTPError, InfluxUnavailable, orjson.JSONDecodeError) as exc:
+            self.counters["unit_seed_failures"] += 1
+            log.warning("could not read the map's unit states back (they rebuild from the records): %s", exc)
+        finally:
+            wire.close()
 
     def _log_rarely(self, message: str, *args: Any) -> None:
         now = time.monotonic()
         if now - self._last_log >= 10.0:
             self._last_log = now
             log.warning(message, *args)
+
+
+def seed_units(units: UnitMap, answer: dict[str, Any]) -> int:
+    """Feed an InfluxQL answer (last state, mode, online, firing per device_id) to ``units``."""
+    seeded = 0
+    for result in answer.get("results") or ():
+        if "error" in result:
+            raise InfluxUnavailable(f"InfluxQL error: {result['error']}")
+        for series in result.get("series") or ():
+            device_id = (series.get("tags") or {}).get("device_id")
+            columns = series.get("columns") or []
+            for row in series.get("values") or ():
+                last = dict(zip(columns, row, strict=False))
+                if not device_id or last.get("state") not in STATE_RANK:
+                    continue
+                firing = [rule for rule in str(last.get("firing") or "").split(",") if rule]
+                online = last.get("online") is not False
+                units.seed(device_id, last.get("mode"), online, firing, last["state"])
+                seeded += 1
+    return seeded
 
 
 def run(settings: Settings, registry: Registry | None = None) -> None:

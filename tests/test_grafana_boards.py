@@ -171,6 +171,7 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory, kafka_server: Manage
         "SESMON_INFLUX_DB": settings.influx_db,
         "SESMON_STORE_FLUSH_INTERVAL_S": "0.2",
         "SESMON_STATS_EVERY_S": "0.5",
+        "SESMON_STORE_UNIT_REFRESH_S": "5",  # the map's refresh: every registry unit within seconds
     }
     stages["store"] = Stage("store", ["store"], env, tmp / "logs" / "store.log").start()
     inbox = AlertInbox(settings)
@@ -534,6 +535,34 @@ def test_every_panel_query_returns_rows_after_a_simulated_run(simulated_run: Run
                 checked += 1
     assert checked >= 60
     assert not empty, "queries without a value:\n" + "\n".join(empty)
+
+
+def test_the_map_shows_every_registry_unit_at_its_coordinates(simulated_run: Run) -> None:
+    """The city map's query: one row per unit with coordinates, its registry lat/lon, a known state."""
+    run = simulated_run
+    (panel,) = [p for p in panels_of(all_boards()["city-overview"]) if p["type"] == "geomap"]
+    sql = expand(panel["targets"][0]["query"], run.start_ms, run.end_ms, {"district": ".*"})
+    placed = {u.device_id: (u.lat, u.lon) for u in run.registry if u.lat is not None and u.lon is not None}
+    assert placed
+
+    def rows() -> dict[str, dict[str, Any]]:
+        answer = query(run.settings.influx_url or "", sql, run.settings.influx_db)
+        series = answer["results"][0].get("series") or []
+        return {s["tags"]["device_id"]: dict(zip(s["columns"], s["values"][0], strict=True)) for s in series}
+
+    wait_for(lambda: set(rows()) == set(placed), 60, "a map row for every registry unit (the refresh)")
+    for device_id, row in rows().items():
+        assert (row["lat"], row["lon"]) == placed[device_id], device_id
+        assert row["state"] in ("normal", "maintenance", "out_of_service", "offline", "fault", "trapped")
+    trapped_seen = (
+        query(
+            run.settings.influx_url or "",
+            "SELECT count(state_rank) FROM unit WHERE state = 'trapped' GROUP BY device_id",
+            run.settings.influx_db,
+        )["results"][0].get("series")
+        or []
+    )
+    assert {s["tags"]["device_id"] for s in trapped_seen} >= {a.split(".", 1)[0] for a in run.alert_ids}
 
 
 def test_the_variables_list_real_values(simulated_run: Run) -> None:

@@ -132,6 +132,7 @@ class Settings(BaseSettings):
     store_memory_max_points: int = 200_000  # points held in memory while InfluxDB lags; then spooled
     store_spool_dir: Path | None = None  # default <data_dir>/store/spool
     store_spool_max_bytes: int = 2 * 1024**3  # beyond it the stage stops reading Kafka (nothing dropped)
+    store_unit_refresh_s: float = Field(300.0, gt=0)  # every registry unit's map state rewritten this often
 
     # --- grafana (sesmon grafana push) ---
     grafana_url: str | None = None  # http(s)://host:3000 of the Grafana to push the boards to
