@@ -44,7 +44,7 @@ from sesmon.runtime.kafka import client_config, dumps, ensure_topics, stats_reco
 from sesmon.runtime.settings import Settings
 
 from .faust_private import limit_fetch_wait
-from .unit_cache import UnitCache
+from .unit_cache import UnitCache, iter_bucket
 
 log = logging.getLogger("sesmon.streams")
 
@@ -212,7 +212,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
     late_topic = app.topic(settings.topic("late"), key_serializer="raw", value_serializer="raw")
     pipeline_topic = app.topic(settings.topic("pipeline"), key_serializer="raw", value_serializer="raw")
     state_table = app.Table(
-        "unit-state",
+        "unit-buckets",  # buckets of units' states (streams/unit_cache.py); was "unit-state", a unit per key
         default=None,
         partitions=settings.kafka_partitions,
         schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="raw"),  # JSON bytes
@@ -253,7 +253,12 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             ]
             await deadletter_topic.send(key=device_id.encode(), value=raw, headers=headers)
 
-    cache = UnitCache(state_table, settings.worker_cache_units, settings.worker_state_max_age_s)
+    cache = UnitCache(
+        state_table,
+        settings.worker_cache_units,
+        settings.worker_state_max_age_s,
+        buckets=settings.worker_state_buckets,
+    )
     lock = asyncio.Lock()  # a batch and a checkpoint never interleave
     pending: list[Any] = []  # input events evaluated but not yet acked (acked at the next checkpoint)
     stream_holder: list[Any] = []
@@ -268,6 +273,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             for event in pending:
                 await stream.ack(event)
         counters["state_writes"] += written
+        counters["state_bucket_writes"] = cache.bucket_writes
         counters["checkpoints"] += 1
         pending.clear()
         last_checkpoint[0] = time.monotonic()
@@ -358,10 +364,13 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         index_stale[0] = False
         due_index.clear()
         try:
-            for n, (device_id, state) in enumerate(state_table.items()):
-                due_index[device_id] = engine.next_due(state)
-                if n % DUE_INDEX_SLICE == DUE_INDEX_SLICE - 1:
-                    await asyncio.sleep(0)
+            n = 0
+            for _key, bucket in state_table.items():
+                for device_id, state in iter_bucket(bucket):
+                    due_index[device_id] = engine.next_due(state)
+                    n += 1
+                    if n % DUE_INDEX_SLICE == 0:
+                        await asyncio.sleep(0)
         except Exception:  # a partition closed under us (rebalance): the next sweep tries again
             index_stale[0] = True
             log.exception("rebuilding the deadman index failed; retrying at the next sweep")

@@ -114,7 +114,7 @@ def docker_compose_config(text: str, env: dict[str, str], tmp_path: Path) -> sub
 
 def test_docker_compose_config_accepts_the_file_and_catches_mistakes(tmp_path: Path) -> None:
     example = (ROOT / "deploy" / "env.example").read_text()
-    assert set(SECRETS) <= set(re.findall(r"^([A-Z_]+)=", example, re.MULTILINE))  # the example names them all
+    assert set(SECRETS) <= set(re.findall(r"^([A-Z_]+)=", example, re.MULTILINE))  # all in the example
     text = COMPOSE.read_text()
     done = docker_compose_config(text, SECRETS, tmp_path)
     assert done.returncode == 0, done.stderr

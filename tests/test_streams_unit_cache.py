@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from rules.state import AlertEntry, UnitState
-from streams.unit_cache import UnitCache
+from streams.unit_cache import DEFAULT_BUCKETS, UnitCache, bucket_key
 
 
 class Message:
@@ -34,6 +34,15 @@ class Table(dict[str, Any]):
         self.writes.append(key)
         assert isinstance(value, bytes)  # the JSON bytes the worker's table stores
         super().__setitem__(key, orjson.loads(value))
+
+
+def key(device_id: str) -> str:
+    """The table key of the unit's bucket (the fake events are all on partition 0)."""
+    return bucket_key(0, device_id, DEFAULT_BUCKETS)
+
+
+def stored(table: Table, device_id: str) -> dict[str, Any]:
+    return table[key(device_id)][device_id]
 
 
 class Clock:
@@ -58,7 +67,7 @@ def test_volatile_changes_wait_for_the_max_age_material_ones_do_not() -> None:
     cache = UnitCache(table, max_age_s=60.0, clock=clock)
     state = UnitState("E1", "elevator")
     cache.put("E1", state, event)
-    assert cache.flush() == 1 and table.writes == ["E1"]  # never written: written
+    assert cache.flush() == 1 and table.writes == [key("E1")]  # never written: written
 
     reading_moves_clocks(state, 10_000)
     cache.put("E1", state, event)
@@ -66,7 +75,7 @@ def test_volatile_changes_wait_for_the_max_age_material_ones_do_not() -> None:
     clock.now += 59
     assert cache.flush() == 0  # still dirty, still young
     clock.now += 2
-    assert cache.flush() == 1 and table["E1"]["mx"] == 10_000  # old enough: the kept change is written
+    assert cache.flush() == 1 and stored(table, "E1")["mx"] == 10_000  # old enough: written
 
     state.reorder.append((20_000, 9, {"moving": True}))  # a reading held behind a gap
     cache.put("E1", state, event)
@@ -74,12 +83,12 @@ def test_volatile_changes_wait_for_the_max_age_material_ones_do_not() -> None:
 
     state.alerts["elevator.trapped"] = AlertEntry("a1", 20_000, "trapped")
     cache.put("E1", state, event)
-    assert cache.flush() == 1 and "elevator.trapped" in table["E1"]["a"]
+    assert cache.flush() == 1 and "elevator.trapped" in stored(table, "E1")["a"]
 
     reading_moves_clocks(state, 30_000)
     cache.put("E1", state, event)
     assert cache.flush() == 0
-    assert cache.flush(force=True) == 1 and table["E1"]["mx"] == 30_000  # a rebalance writes all
+    assert cache.flush(force=True) == 1 and stored(table, "E1")["mx"] == 30_000  # a rebalance writes all
     assert cache.flush(force=True) == 0  # nothing changed since
 
 
@@ -94,7 +103,7 @@ def test_a_state_read_from_the_table_is_not_written_back_unchanged() -> None:
     assert loaded is not None
     reading_moves_clocks(loaded, 5_000)
     reader.put("E2", loaded, event)
-    assert reader.flush() == 0 and table.writes == ["E2"]
+    assert reader.flush() == 0 and table.writes == [key("E2")]
 
 
 def test_max_age_zero_writes_every_change() -> None:
@@ -105,7 +114,7 @@ def test_max_age_zero_writes_every_change() -> None:
         reading_moves_clocks(state, ts)
         cache.put("E3", state, event)
         assert cache.flush() == 1
-    assert table.writes == ["E3"] * 3
+    assert table.writes == [key("E3")] * 3
 
 
 def test_a_pending_write_does_not_keep_its_input_event_alive() -> None:
@@ -119,4 +128,56 @@ def test_a_pending_write_does_not_keep_its_input_event_alive() -> None:
     gc.collect()
     assert gone() is None
     assert cache.flush(force=True) == 1
-    assert table.writes == ["E9"]
+    assert table.writes == [key("E9")]
+
+
+def test_a_checkpoint_writes_each_bucket_once_with_all_its_units() -> None:
+    """10,000 changed units cost one table write per bucket, and every unit reads back."""
+    table, event = Table(), Event()
+    cache = UnitCache(table, max_age_s=60.0, clock=Clock())
+    ids = [f"E{i}" for i in range(10_000)]
+    for device_id in ids:
+        state = UnitState(device_id, "elevator")
+        reading_moves_clocks(state, 1_000)
+        cache.put(device_id, state, event)
+    assert cache.flush() == 10_000
+    assert sorted(table.writes) == sorted({key(d) for d in ids}) and len(table.writes) == DEFAULT_BUCKETS
+    restarted = UnitCache(table, clock=Clock())
+    for device_id in ("E0", "E4321", "E9999"):
+        state = restarted.get(device_id, event)
+        assert state is not None and state.device_id == device_id and state.max_ts == 1_000
+    assert restarted.get("E10000", event) is None  # a unit never written
+
+
+def test_a_bucket_written_for_one_unit_carries_its_neighbours_newest_state() -> None:
+    """A unit whose own change could wait still goes out with its bucket, at its newest."""
+    table, clock, event = Table(), Clock(), Event()
+    cache = UnitCache(table, max_age_s=60.0, clock=clock, buckets=1)  # one bucket: all are neighbours
+    a, b = UnitState("A", "elevator"), UnitState("B", "elevator")
+    cache.put("A", a, event)
+    cache.put("B", b, event)
+    assert cache.flush() == 2 and len(table.writes) == 1
+    reading_moves_clocks(b, 7_000)  # volatile only: alone it would wait
+    cache.put("B", b, event)
+    assert cache.flush() == 0 and len(table.writes) == 1
+    a.alerts["elevator.trapped"] = AlertEntry("a1", 20_000, "trapped")  # material
+    cache.put("A", a, event)
+    assert cache.flush() == 2 and len(table.writes) == 2
+    assert table["0/0"]["B"]["mx"] == 7_000 and "elevator.trapped" in table["0/0"]["A"]["a"]
+    assert cache.flush(force=True) == 0  # both written: nothing left
+
+
+def test_forgotten_buckets_are_read_back_before_a_write() -> None:
+    """Past max_units the clean units and their buckets are dropped; a later write of one unit
+    must not erase the bucket's other units from the table."""
+    table, event = Table(), Event()
+    cache = UnitCache(table, max_units=1, max_age_s=0, clock=Clock(), buckets=1)
+    for device_id in ("A", "B", "C"):
+        cache.put(device_id, UnitState(device_id, "elevator"), event)
+    cache.flush()  # three units > max_units: all clean, all forgotten
+    assert len(cache) == 0
+    state = UnitState("A", "elevator")
+    reading_moves_clocks(state, 9_000)
+    cache.put("A", state, event)
+    cache.flush()
+    assert set(table["0/0"]) == {"A", "B", "C"} and table["0/0"]["A"]["mx"] == 9_000

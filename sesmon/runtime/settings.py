@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     # re-evaluates at most this much input from the last commit (alert ids are deterministic)
     worker_checkpoint_s: float = 5.0
     worker_state_max_age_s: float = 60.0  # a unit changed only in clocks or held values: written this late
+    worker_state_buckets: int = Field(64, ge=1)  # table keys per partition: one write each
     worker_fetch_wait_ms: int = 20  # longest a worker fetch waits for data (Tansu always waits it out)
     worker_changelog_buffer: int = 20_000  # state writes queued before Faust pauses input (its default: 100)
     # RocksDB per table partition: Faust's defaults (3 x 64 MiB memtables, a 2 GiB block cache)
