@@ -932,7 +932,12 @@ def run_workers(
                 "rebalances",
                 "batches_abandoned",
                 "state_writes",
+                "state_bucket_writes",
                 "checkpoints",
+                "alerts_firing",
+                "alerts_cleared",
+                "hazards",
+                "ticks",
             )
         }
         return WorkerResult(
@@ -1038,7 +1043,14 @@ def worker_only(args: argparse.Namespace, work: Path, kafka_port: int) -> list[s
         f"prefilled {args.readings:,} readings as {records:,} records "
         f"({args.readings / records:.0f} per record) in {time.perf_counter() - started:.1f} s"
     )
-    env = {"SESMON_KAFKA_URL": settings.kafka_url or "", "SESMON_REGISTRY": str(registry)}
+    env = {
+        "SESMON_KAFKA_URL": settings.kafka_url or "",
+        "SESMON_REGISTRY": str(registry),
+        # no deadman sweep: the prefilled readings end tens of seconds before the workers start, so
+        # every unit's last held reading (e.g. moving) would age on processing time and fire ticks
+        # and alerts (10,000+ motor-runtime alerts per run) that no live fleet sends
+        "SESMON_DEADMAN_CHECK_EVERY_S": "3600",
+    }
     results = []
     for count in args.workers:
         log(f"{count} worker(s) on the prefilled topics")
