@@ -13,7 +13,12 @@ at most 10,000 PUBACKs owed). For each ``--group-max`` (default ``1,500``) a fre
   for a publisher.
 
 ``--archive on,off,on,off`` alternates runs with and without the raw archive (issue 12:
-``SESMON_ARCHIVE``), to measure what archiving adds per reading on a noisy machine.
+``SESMON_ARCHIVE``), to measure what archiving adds per reading on a noisy machine; ``--repeat N``
+runs the whole list N times (interleaved, so a busy spell of the machine hits both sides) and a
+summary prints the medians and what the archive adds. Two CPU figures: to the last reading
+produced (the figure used before), and to the process's exit (``wait4``), which also counts
+stopping, i.e. the archive's last checkpoint (compressing and appending every unit's lines: a run
+of a few seconds has no other, and without it the archive's cost is undercounted).
 
 ``--group-max 1`` makes every reading its own Kafka record (one produce and one delivery report
 per reading), as the bridge did before grouped records: the "before" figure. ``--mqtt-client``
@@ -22,10 +27,11 @@ seconds are ingest's (utime + stime from /proc) over the measured span, per 1,00
 Completion is read from ingest's ``pipeline`` counters (every 0.2 s) and checked against the
 envelopes on Kafka.
 
-``--parts N`` measures two parts of ingest's cost per message in this process instead: the MQTT
+``--parts N`` measures parts of ingest's cost per message in this process instead: the MQTT
 receive path alone (N QoS 1 readings queued in a persistent session, drained and acked in the
 callback, by paho and by ``ingest.mqtt_session``: CPU of this process per message), and
-validation of one reading (``parse_mqtt`` + ``model_dump`` vs ``device_envelope``, timeit).
+validation of one reading (``parse_mqtt`` + ``model_dump`` vs ``device_envelope``, timeit), and the
+raw archive's writer alone (``add``, ``write_pending``, checkpoint: CPU per reading, best of 5).
 
 Usage: python bench/ingest_bench.py [--readings 200000] [--units 2000] [--group-max 1,500]
                                     [--mode live,backlog] [--partitions 4] [--mqtt-client session,paho]
@@ -38,10 +44,12 @@ import argparse
 import multiprocessing
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +118,20 @@ def start_ingest(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
         )
 
 
-def stop_ingest(proc: subprocess.Popen[bytes]) -> None:
+def stop_ingest(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
+    """SIGTERM and reap; returns the process's whole CPU time (user + system seconds, from wait4)."""
     proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(10)
+            raise RuntimeError(f"ingest {proc.pid} did not stop in {timeout:.0f} s")
+        time.sleep(0.02)
 
 
 def count_envelopes(settings: Settings, expected: int, timeout: float = 120.0) -> tuple[int, int]:
@@ -193,8 +212,9 @@ def run_one(
         ended = done["at"] / 1000
         cpu1 = (proc_rss_cpu(proc.pid) or (0, 0.0))[1]
         publisher.join(30)
+        cpu_exit = stop_ingest(proc)  # the final checkpoint too
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None and proc.poll() is None:
             stop_ingest(proc)
         stats.stop()
     envelopes, records = count_envelopes(settings, args.readings)
@@ -211,6 +231,8 @@ def run_one(
         "readings_per_s": args.readings / span,
         "publisher_per_s": args.readings / max(pub_done - pub_started, 1e-9),
         "cpu_s_per_1000": (cpu1 - cpu0) / (args.readings / 1000),
+        "cpu_exit_s_per_1000": (cpu_exit - cpu0) / (args.readings / 1000),
+        "archive_checkpoints": done.get("archive_checkpoints", 0),
         "cpu_share": (cpu1 - cpu0) / span,  # of one core, over the span (live: from ingest's side)
         "kafka_envelopes": envelopes,
         "kafka_records": records,
@@ -307,6 +329,85 @@ def parts(args: Any, device_ids: list[str], work: Path) -> None:
     for name, path in paths.items():
         best = min(timeit.repeat(path, number=2_000, repeat=25)) / 2_000
         print(f"validation, {name:<23}: {best * 1e6:6.1f} µs a message (best of 25 x 2,000)")
+    archive_parts(messages, work)
+
+
+@dataclass(slots=True)
+class _Archived:
+    """What the archive writer reads of ingest's record of a valid reading (ingest.archive.Archivable)."""
+
+    topic: str
+    key: bytes
+    timestamp: int
+    received_ms: int
+    headers: None = None
+    outcome: str = "produced"
+    reason: None = None
+    archive_seq: int = 0
+
+
+def archive_parts(messages: list[tuple[str, bytes]], work: Path, batch: int = 500) -> None:
+    """The raw archive's own CPU a reading, in this thread (best of 5 passes over the messages):
+    ``add`` (the MQTT thread's part), ``write_pending`` every ``batch`` (formatting and the journal
+    write, before each Kafka record), a checkpoint (every unit's gzip member appended; the first of
+    a day also creates the unit files, shown apart)."""
+    from ingest.archive import ArchiveWriter
+
+    now = int(time.time() * 1000)
+    raw = [(topic.encode(), payload) for topic, payload in messages]
+    records = [_Archived("t.telemetry", t.split(b"/")[3], T0_MS, now) for t, _ in raw]
+    writer = ArchiveWriter(work / "archive-parts", stream_of_topic={"t.telemetry": "telemetry"}, flush_s=1e9)
+    writer.start()  # its checkpoint thread sleeps: the checkpoints are timed here
+    best: dict[str, float] = {}
+    for attempt in range(6):
+        add_s = write_s = 0.0
+        for start in range(0, len(raw), batch):
+            t0 = time.thread_time()
+            chunk = zip(raw[start : start + batch], records[start : start + batch], strict=True)
+            for (topic, payload), record in chunk:
+                record.archive_seq = writer.add(topic, payload, record)
+            t1 = time.thread_time()
+            writer.write_pending()
+            add_s, write_s = add_s + t1 - t0, write_s + time.thread_time() - t1
+        t0 = time.thread_time()
+        writer._checkpoint()
+        part = "first checkpoint (creates the files)" if attempt == 0 else "checkpoint"
+        for name, cpu_s in (("add", add_s), ("write_pending", write_s), (part, time.thread_time() - t0)):
+            best[name] = min(best.get(name, float("inf")), cpu_s / len(raw) * 1e6)
+    writer.close()
+    first = best.pop("first checkpoint (creates the files)")
+    print(
+        "archive writer alone: "
+        + ", ".join(f"{name} {us:.2f}" for name, us in best.items())
+        + f" = {sum(best.values()):.2f} µs CPU a reading (best of 5; the day's first checkpoint {first:.2f}, "
+        f"{writer.counters['bytes'] / writer.counters['lines']:.1f} bytes a reading on disk)"
+    )
+
+
+def summary(results: list[dict[str, Any]]) -> None:
+    """Medians of ingest's CPU per 1,000 readings per mode, with and without the archive."""
+    groups: dict[tuple[str, int, str], dict[str, list[dict[str, Any]]]] = {}
+    for r in results:
+        cell = groups.setdefault((r["mode"], r["group_max"], r["mqtt_client"]), {})
+        cell.setdefault(r["archive"], []).append(r)
+    for (mode, group_max, client), by_archive in groups.items():
+        medians = {
+            archive: (
+                statistics.median(r["cpu_s_per_1000"] for r in runs) * 1000,
+                statistics.median(r["cpu_exit_s_per_1000"] for r in runs) * 1000,
+                len(runs),
+            )
+            for archive, runs in by_archive.items()
+        }
+        line = ", ".join(
+            f"archive {archive} {last:.1f} ms ({to_exit:.1f} to exit, {n} runs)"
+            for archive, (last, to_exit, n) in sorted(medians.items())
+        )
+        added = ""
+        if "on" in medians and "off" in medians:
+            on, off = medians["on"], medians["off"]
+            added = f": the archive adds {on[0] / off[0] - 1:+.1%} ({on[1] / off[1] - 1:+.1%} to exit)"
+        print(f"median {mode:<8} {client:<7} group-max {group_max:>4}, CPU per 1,000 readings: {line}{added}")
 
 
 def main() -> int:
@@ -323,6 +424,7 @@ def main() -> int:
     parser.add_argument(
         "--archive", default="on", help="raw archive on, off, or a list to alternate (on,off,on,off)"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="run the --archive list this many times")
     parser.add_argument(
         "--parts", type=int, default=0, help="measure receive and validation alone, N messages"
     )
@@ -345,6 +447,7 @@ def main() -> int:
                 for mode in args.mode.split(",")
                 for group_max in args.group_max.split(",")
                 for client in args.mqtt_client.split(",")
+                for _ in range(args.repeat)
                 for archive in args.archive.split(",")
             ]
             for mode, group_max, client, archive in runs:
@@ -365,7 +468,8 @@ def main() -> int:
                 print(
                     f"{mode:<8} {client:<7} group-max {group_max:>4} archive {archive:<3}: "
                     f"{r['readings_per_s']:>8,.0f} readings/s, "
-                    f"ingest CPU {r['cpu_s_per_1000'] * 1000:,.0f} ms per 1,000 readings "
+                    f"ingest CPU {r['cpu_s_per_1000'] * 1000:,.1f} ms per 1,000 readings "
+                    f"({r['cpu_exit_s_per_1000'] * 1000:,.1f} to exit) "
                     f"({r['cpu_share']:.0%} of a core), publisher {r['publisher_per_s']:,.0f}/s, "
                     f"{r['kafka_records']:,} Kafka records for {r['kafka_envelopes']:,} readings, "
                     f"lost {lost}, archive {r['archive_bytes'] / max(r['readings'], 1):.0f} B a reading"
@@ -375,6 +479,7 @@ def main() -> int:
         finally:
             broker.stop()
             kafka.stop()
+        summary(results)
     return 0 if all(r["kafka_envelopes"] + r["dead_lettered"] == r["readings"] for r in results) else 1
 
 

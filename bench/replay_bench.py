@@ -5,9 +5,11 @@ JSON-lines file per unit and local day), a registry and the catalogue version, t
 ``sesmon replay --district`` over it: reading the archive, re-parsing every payload with ingest's
 validation, the rules with fresh state, the response loop. Prints readings/s for the replay
 engine alone (archive -> decisions) and for the whole command (with the JSONL files and the
-report). ``--profile`` prints where the engine's time goes.
+report). ``--parts`` times each part of a reading alone (archive read, ingest's validation, the
+rules; CPU µs per reading, median of the runs), ``--profile`` prints where the engine's time goes.
+The machine is shared: CPU time per reading (``time.process_time``) is the steadier figure.
 
-    python bench/replay_bench.py [--units 200] [--readings 500] [--runs 3] [--profile]
+    python bench/replay_bench.py [--units 200] [--readings 500] [--runs 3] [--parts] [--profile]
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -28,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from replay.cli import run_replay
 from replay.engine import CatalogueSchedule, Replayer
 from replay.window import Target, span_window
+from rules import RuleEngine
 from rules.catalogue import load_catalogue
 from rules.catalogue_store import store_catalogue
 from rules.testing import elevator
@@ -40,6 +45,7 @@ from sesmon.contract.archive import (
     iter_archive,
     partition_path,
 )
+from sesmon.contract.fast_envelope import device_envelope_dict
 from sesmon.contract.registry import Registry, write_registry
 from sesmon.runtime.settings import Settings
 
@@ -113,6 +119,43 @@ def engine_only(data: Path, end_ms: int) -> tuple[float, float, int]:
     return time.perf_counter() - started, time.process_time() - cpu, result.readings
 
 
+def parts(data: Path, end_ms: int, runs: int) -> dict[str, float]:
+    """CPU µs per reading of each part alone (median of ``runs``): what the engine's loop adds is the rest."""
+
+    def cpu(work: Callable[[], object]) -> float:
+        times = []
+        for _ in range(runs):
+            started = time.process_time()
+            work()
+            times.append(time.process_time() - started)
+        return statistics.median(times)
+
+    messages = list(iter_archive(data / "archive", start_ms=T0, end_ms=end_ms))
+    count = len(messages)
+    read = cpu(lambda: list(iter_archive(data / "archive", start_ms=T0, end_ms=end_ms)))
+    inputs = [(m.topic, m.payload_bytes, m.received_ms) for m in messages]
+    envelopes: list[Any] = []
+
+    def validate() -> None:
+        envelopes[:] = [device_envelope_dict(t, p, r) for t, p, r in inputs]
+
+    envelope = cpu(validate)
+    units = {u.device_id: u for u in Registry.load(data / "registry.csv")}
+
+    def rules() -> None:
+        engine, states = RuleEngine(), {}
+        for env in envelopes:
+            device_id = env["device_id"]
+            states[device_id] = engine.process(states.get(device_id), env, units[device_id]).state
+
+    rule = cpu(rules)
+    return {
+        "archive read": read / count * 1e6,
+        "validation": envelope / count * 1e6,
+        "rules": rule / count * 1e6,
+    }
+
+
 def whole_command(data: Path, out: Path, end_ms: int) -> tuple[float, int]:
     settings = Settings(data_dir=data)
     started = time.perf_counter()
@@ -134,6 +177,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=200)
     parser.add_argument("--readings", type=int, default=500, help="telemetry readings per unit")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--parts", action="store_true", help="time each part of a reading alone")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="replay-bench-") as tmp:
@@ -143,20 +187,29 @@ def main() -> None:
         took = time.perf_counter() - started
         print(f"archive: {total:,} readings of {args.units} units written in {took:.1f} s")
         end_ms = T0 + args.readings * 2000 + args.units
-        rates, cpu_rates = [], []
+        rates, cpu_rates, cpu_us = [], [], []
         for run in range(args.runs):
             seconds, cpu, readings = engine_only(data, end_ms)
             assert readings == total, (readings, total)
             rates.append(readings / seconds)
             cpu_rates.append(readings / cpu)
+            cpu_us.append(cpu / readings * 1e6)
             print(
                 f"engine run {run + 1}: {readings:,} readings in {seconds:.2f} s = {readings / seconds:,.0f} "
                 f"readings/s ({cpu:.2f} s of CPU: {readings / cpu:,.0f} per CPU second)"
             )
         print(
             f"engine median: {statistics.median(rates):,.0f} readings/s, {statistics.median(cpu_rates):,.0f} "
-            "per CPU second (target 50,000)"
+            f"per CPU second, {statistics.median(cpu_us):.1f} µs of CPU a reading (target 50,000/s)"
         )
+        if args.parts:
+            alone = parts(data, end_ms, args.runs)
+            rest = statistics.median(cpu_us) - sum(alone.values())
+            print(
+                "CPU µs a reading, each part alone: "
+                + ", ".join(f"{name} {us:.1f}" for name, us in alone.items())
+                + f"; the engine's own loop (the rest) {rest:.1f}"
+            )
         seconds, readings = whole_command(data, Path(tmp) / "out", end_ms)
         rate = readings / seconds
         print(f"whole command (jsonl + report): {readings:,} readings in {seconds:.2f} s = {rate:,.0f}/s")

@@ -2,27 +2,35 @@
 
 Format, layout and reader: :mod:`sesmon.contract.archive`. Why it is built this way:
 
-- Off the hot path. The MQTT thread only appends ``(seq, topic, payload, record)`` to a deque
-  (:meth:`ArchiveWriter.add`, well under a microsecond). The ``archive-writer`` thread formats
-  what is queued in batches and appends it to the journal; it is woken by the Kafka poll thread
-  (:meth:`ArchiveWriter.nudge`, every round) when a batch is worth a system call, not by a timer
-  of its own (a timed wake-up costs ~50-80 µs of CPU on this VM: ~1 % of a core at 200 a second,
-  idle or not). Formatting in the poll thread itself slowed the acks of everything (measured).
-- Acked means archived. Every batch is appended to a write-ahead journal segment with one
-  ``write`` (in the OS page cache when it returns: a kill -9 of ingest loses none of it) and
-  :attr:`ArchiveWriter.written_seq` moves on. The bridge acks a message only once Kafka has it
-  *and* ``written_seq`` covers it; the messages of a delivered record were nearly always written
-  in an earlier round (Kafka's linger is 20 ms), otherwise the acks wait a round
-  (``archive_ack_waits``).
-- Few file appends. Lines are kept per partition (day, unit) and appended to the partition files
-  as one gzip member (level 1, kept-open descriptors) each at a checkpoint (the
-  ``archive-checkpoint`` thread: every ``flush_s``, early when the buffers hold
-  ``max_buffered_bytes``). After a checkpoint the journal
-  segment it covered is deleted. 10,000 units cost one append per unit per checkpoint, not
-  10,000 a second.
-- Bounded memory: the deque holds only messages not yet acked (bounded by
-  ``ingest_max_unacked``: acks wait for the writer), the partition buffers by ``max_buffered_bytes``
-  (past twice that, while a checkpoint is behind, nothing more is taken and acks wait).
+- Journalled before it is produced, by the thread that produces it. The MQTT thread only appends
+  ``(seq, topic, payload, record)`` to a deque (:meth:`ArchiveWriter.add`, ~0.3 µs); the bridge calls
+  :meth:`ArchiveWriter.write_pending` just before it hands a Kafka record over (a full group from
+  the MQTT thread, the groups that waited out the linger from the poll thread), which formats
+  everything queued in one pass and appends it to the write-ahead journal with one ``write`` (in
+  the OS page cache when it returns: a kill -9 of ingest loses none of it). So a record's messages
+  are in the journal before Kafka can even confirm it, and acks never wait for the archive.
+  Measured (issue 12, README): with a writer thread of its own, woken by the poll thread, the
+  archive added 16-30 % to ingest's CPU per reading for ~4 µs of its own work a reading; inline,
+  just before the produce, 7-13 % (its own work, ~3.5-4.7 µs at load). What went with the
+  thread: its wake-ups, the GIL handed between three busy threads, and acks that waited a poll
+  round for the writer (the poll thread then ran every 2 ms). A journal write that fails (disk
+  full) leaves the messages queued: the record is produced anyway, its acks wait
+  (:attr:`ArchiveWriter.written_seq` does not cover it) and the poll thread tries the write again
+  every round (``archive_ack_waits``).
+- One pass, little Python per message: the common message (valid device stream, a topic JSON
+  needs no escape for) is one %-format of a prepared template (a test checks it is
+  ``archive_line``'s output byte for byte) and two list appends (journal batch, its unit's lines);
+  anything else takes ``archive_line``, the format's one definition.
+- Few file appends, cheap compression. Lines are kept per partition (day, unit) and appended to the
+  partition files as one gzip member each (ISA-L's deflate, level 1: a third of zlib's CPU for
+  a few % more bytes; kept-open descriptors) at a checkpoint (the ``archive-checkpoint`` thread:
+  every ``flush_s``, early when the buffers hold ``max_buffered_bytes``). After a checkpoint the
+  journal segment it covered is deleted. 10,000 units cost one append per unit per checkpoint,
+  not 10,000 a second.
+- Bounded memory: the deque holds only messages not yet journalled (at most those of one Kafka
+  record, or while writes fail those not acked: ``ingest_max_unacked``), the partition buffers by
+  ``max_buffered_bytes`` (past twice that, while a checkpoint is behind, nothing more is journalled,
+  acks wait and the MQTT thread stops taking messages at ``ingest_max_unacked``: back-pressure).
 - Crash recovery: a journal segment no live process holds (``flock``) belongs to a crashed ingest;
   the next start folds it into the partition files and deletes it. A line that reached both
   (a crash during a checkpoint) is read once: the reader drops duplicates.
@@ -78,8 +86,6 @@ log = logging.getLogger("sesmon.ingest.archive")
 FLUSH_S = 30.0  # partition files are appended at most this often (plus the early flushes below)
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # all partitions together: a checkpoint when they hold this much
 OPEN_FILES_MAX = 4096  # partition files kept open between appends (at most half the process's fd limit)
-BATCH_MIN = 256  # messages that make a journal write worth it at once ...
-BATCH_WAIT_S = 0.005  # ... else the oldest waits at most this long (Kafka's linger is 20 ms)
 PRUNE_CHECK_S = 60.0  # how often the writer looks whether the local day changed (retention)
 DEAD_TS_MAX_BYTES = 64 * 1024  # dead letters: a device time is looked for in bodies up to this size
 NO_TS_REASONS = frozenset({"oversize", "too_deep", "not_json", "bad_topic"})
@@ -202,9 +208,9 @@ def recover_journals(archive_dir: Path, *, keep: Path | None = None) -> int:
 class ArchiveWriter:
     """The archive of one ingest process.
 
-    :meth:`add` from the MQTT thread (cheap); :meth:`nudge` from the Kafka poll thread every round;
-    batches in the ``archive-writer`` thread; checkpoints in the ``archive-checkpoint`` thread,
-    which wakes every ``flush_s`` or when the buffers fill.
+    :meth:`add` from the MQTT thread (cheap); :meth:`write_pending` from whichever thread is about
+    to produce a Kafka record (and from the poll thread while acks wait); checkpoints in the
+    ``archive-checkpoint`` thread, which wakes every ``flush_s`` or when the buffers fill.
     """
 
     def __init__(
@@ -240,14 +246,12 @@ class ArchiveWriter:
         self._add_lock = threading.Lock()  # seq order = queue order, whichever thread adds
         self._lock = threading.Lock()  # the journal and the buffers: write_pending vs. the checkpoint swap
         self._checkpoint_now = threading.Event()
-        self._closing = threading.Event()
         self._abort = threading.Event()  # crash(): stop at once, leave the journal as a kill would
         self._log_errors = 0.0  # monotonic time of the last logged write error (rate limit)
-        self._last_write = 0.0  # monotonic time of the last journal write
-        # lines kept per (day, partition) until a checkpoint: copied into one bytearray each, because a
-        # bytes object from orjson.dumps keeps its ~4 KiB buffer (10x the line) for as long as it lives
-        self._buffers: dict[tuple[str, str], bytearray] = {}
-        self._by_key: dict[bytes, bytearray] = {}  # device id -> its buffer of the current day
+        # lines kept per (day, partition) until a checkpoint, joined then: an exact-size bytes each (a
+        # bytes object from orjson.dumps keeps its ~4 KiB buffer, 10x the line: those are copied)
+        self._buffers: dict[tuple[str, str], list[bytes]] = {}
+        self._by_key: dict[bytes, list[bytes]] = {}  # device id -> its lines of the current day
         # the common line by %-formatting: 1 µs a message less than orjson of a dict (a test checks that
         # it is archive_line's output byte for byte); the topic is one known to need no JSON escape
         self._line_format = (
@@ -268,10 +272,8 @@ class ArchiveWriter:
         self._journal_dir = self.archive_dir / JOURNAL_DIR
         self._today: date | None = None
         self._segment_lines_mark = 0  # lines written when the current journal segment was opened
-        self._wake = threading.Event()  # set by nudge(): a batch is worth writing
         self._final = threading.Event()  # close(): the last checkpoint
         self.thread = threading.Thread(target=self._run, name="archive-checkpoint", daemon=True)
-        self.writer_thread = threading.Thread(target=self._run_writer, name="archive-writer", daemon=True)
 
     # ------------------------------------------------------------------ MQTT thread
     def add(self, topic: bytes, payload: bytes, record: Archivable) -> int:
@@ -297,25 +299,19 @@ class ArchiveWriter:
         self._open_segment()  # before recovery: ours is locked, so it is not taken for a crashed one
         self.counters["recovered_lines"] += recover_journals(self.archive_dir, keep=self._journal_path)
         self.thread.start()
-        self.writer_thread.start()
         return self
 
     @property
     def threads(self) -> dict[str, threading.Thread]:
         """The threads a stage's health watches: if one dies, the stage must end."""
-        return {"archive-writer": self.writer_thread, "archive-checkpoint": self.thread}
+        return {"archive-checkpoint": self.thread}
 
     def close(self, timeout: float = 60.0) -> None:
         """Write what is queued, append every partition and delete the journal (a clean stop).
 
         Call it once nothing adds any more (the bridge: after its MQTT and poll threads stopped).
         """
-        self._closing.set()
-        self._wake.set()
-        if self.writer_thread.ident is not None:
-            self.writer_thread.join(timeout)
-        if self._journal_fd >= 0:
-            self.write_pending()
+        self.write_pending()
         self._final.set()
         self._checkpoint_now.set()
         if self.thread.ident is not None:
@@ -324,12 +320,9 @@ class ArchiveWriter:
     def abort(self) -> None:
         """Stop as a killed process would: nothing more written, the journal left for recovery."""
         self._abort.set()
-        self._closing.set()
-        self._wake.set()
         self._checkpoint_now.set()
-        for thread in (self.writer_thread, self.thread):
-            if thread.ident is not None:
-                thread.join(5)
+        if self.thread.ident is not None:
+            self.thread.join(5)
         with self._lock:
             self._close_files()
             if self._journal_fd >= 0:
@@ -344,46 +337,31 @@ class ArchiveWriter:
         }
 
     # ------------------------------------------------------------------ the writer
-    def nudge(self, force: bool = False) -> None:
-        """The Kafka poll thread, every round: wake the writer when a batch is worth a system call
-        (``BATCH_MIN`` messages, or the oldest queued ``BATCH_WAIT_S`` ago) or ``force`` (delivered
-        records wait for their messages). The poll thread wakes anyway; a writer on a timer of its
-        own cost ~1 % of a core idle on this VM (a timed wake-up costs ~50-80 µs of CPU here)."""
-        queue = self._queue
-        if queue and (
-            force or len(queue) >= BATCH_MIN or time.monotonic() - self._last_write >= BATCH_WAIT_S
-        ):
-            self._wake.set()
-
-    def _run_writer(self) -> None:
-        try:
-            while not self._closing.is_set():
-                self._wake.wait()
-                self._wake.clear()
-                if self._closing.is_set():
-                    return  # close() writes what is left
-                self.write_pending()
-        except BaseException as exc:  # the thread is watched: the stage ends and is restarted
-            log.exception("archive: the writer thread failed")
-            if self._on_fatal is not None:
-                self._on_fatal(f"the archive writer failed: {type(exc).__name__}: {exc}")
-            raise
-
     def write_pending(self) -> None:
         """Format what is queued, append it to the journal (one write), keep it per partition.
 
-        Never blocks on a retry: a failed write (disk full) leaves the messages queued for the next
-        call, and their acks wait (the stage's stall watchdog ends a process that stays stuck).
+        Any thread (several at once: they take turns, and one may find that another took its
+        messages); the bridge calls it before it produces a Kafka record, so the record's messages
+        are journalled before Kafka can confirm it. Never raises and never blocks on a retry: a
+        failed write (disk full) leaves the messages queued for the next call, and their acks wait
+        (the stage's stall watchdog ends a process that stays stuck); a bug ends the stage
+        (``on_fatal``), whose unacked messages the broker redelivers.
         """
         if not self._queue or self._abort.is_set():
             return
         if self._buffered + self._flushing >= 2 * self._max_buffered:
             self._checkpoint_now.set()
             return  # the checkpoint is behind: take no more (acks wait: back-pressure), memory stays bounded
-        with self._lock:
-            if self._journal_fd < 0:
-                return  # closed
-            self._write_batch()
+        try:
+            with self._lock:
+                if self._journal_fd < 0 or not self._queue:
+                    return  # closed, or another thread wrote what was queued meanwhile
+                self._write_batch()
+        except Exception as exc:
+            log.exception("archive: the journal write failed")
+            if self._on_fatal is not None:
+                self._on_fatal(f"the archive writer failed: {type(exc).__name__}: {exc}")
+            return
         if self._buffered >= self._max_buffered:
             self._checkpoint_now.set()
 
@@ -417,8 +395,7 @@ class ArchiveWriter:
                     kept = by_key.get(record.key)
                     if kept is None:
                         kept = by_key[record.key] = self._buffer(day, device_partition(record.key.decode()))
-                    kept += line
-                    kept += b"\n"
+                    kept.append(line)
             else:
                 line = self._other(day, seq, topic, payload, record)
             add_line(line)
@@ -436,7 +413,6 @@ class ArchiveWriter:
                 log.error("archive: cannot write the journal (%s); acks wait until it can", exc)
             return
         self.written_seq = items[-1][0]
-        self._last_write = time.monotonic()
         self.counters["lines"] += len(items)
         self.counters["journal_bytes"] += len(data)
         self._buffered += len(data)
@@ -454,11 +430,11 @@ class ArchiveWriter:
         self._plain_topics.add(topic)
         return True
 
-    def _buffer(self, day: str, partition: str) -> bytearray:
-        """The buffer of a (day, partition): lines are copied in (see ``_buffers``)."""
+    def _buffer(self, day: str, partition: str) -> list[bytes]:
+        """The lines of a (day, partition) kept until the next checkpoint (see ``_buffers``)."""
         kept = self._buffers.get((day, partition))
         if kept is None:
-            kept = self._buffers[(day, partition)] = bytearray()
+            kept = self._buffers[(day, partition)] = []
         return kept
 
     def _other(self, day: str, seq: int, topic: bytes, payload: bytes, record: Archivable) -> bytes:
@@ -479,9 +455,7 @@ class ArchiveWriter:
                 reason="internal_error",
                 detail=f"archive: {type(exc).__name__}: {exc}"[:1000],
             )
-        kept = self._buffer(day, partition)
-        kept += line
-        kept += b"\n"
+        self._buffer(day, partition).append(b"%s" % line)  # a copy of its size (see _buffers)
         return line
 
     def _format(self, seq: int, topic: bytes, payload: bytes, record: Archivable) -> tuple[str, bytes]:
@@ -567,8 +541,7 @@ class ArchiveWriter:
                 self._open_segment()
             day_now = self._day[0]
         for where, kept in buffers.items():
-            self._flush_partition(where, kept)
-            self._flushing -= len(kept)
+            self._flushing -= self._flush_partition(where, kept)
         self._flushing = 0
         if old_fd >= 0:
             os.close(old_fd)
@@ -602,9 +575,13 @@ class ArchiveWriter:
             with contextlib.suppress(OSError):
                 os.close(self._files.popitem()[1])
 
-    def _flush_partition(self, where: tuple[str, str], kept: bytearray) -> None:
-        """Append one partition's lines as a gzip member (retried: the journal still holds them)."""
-        data = gzip_block(kept)
+    def _flush_partition(self, where: tuple[str, str], kept: list[bytes]) -> int:
+        """Append one partition's lines as a gzip member (retried: the journal still holds them);
+        returns the bytes of the lines."""
+        kept.append(b"")  # the last line's newline
+        lines = b"\n".join(kept)
+        kept.clear()  # the lines are freed as the partitions are appended, not at the end
+        data = gzip_block(lines)
 
         def append() -> None:
             try:
@@ -621,6 +598,7 @@ class ArchiveWriter:
             call_with_retry(append, self._abort, on=OSError, what="archive partition append")
         self.counters["appends"] += 1
         self.counters["bytes"] += len(data)
+        return len(lines)
 
     def _open_segment(self) -> None:
         self._segment_no += 1

@@ -683,6 +683,8 @@ class IngestBridge:
 
         Returns the batches that met a full local queue (BufferError), in order, not produced.
         """
+        if batches and self.archive is not None:  # journalled before produced: acks need not wait
+            self.archive.write_pending()  # (ingest/archive.py)
         pending = list(batches)
         while pending:
             batch = pending[0]
@@ -935,10 +937,9 @@ class IngestBridge:
         now = time.monotonic()
         next_stats, next_registry, next_watch = now, now + REGISTRY_EVERY_S, now + WATCHDOG_EVERY_S
         while not self._stop.is_set() or self._unacked > 0:
-            if self.archive is not None:  # before delivery reports: their acks need their messages written
-                self.archive.nudge(force=bool(self._archive_waits))
-                if self._archive_waits:
-                    self._release_archived()
+            if self._archive_waits and self.archive is not None:  # a journal write failed (or is under way)
+                self.archive.write_pending()
+                self._release_archived()
             try:
                 self.producer.poll(self._poll_timeout())
             except KafkaException as exc:  # librdkafka raises its fatal errors from poll() too

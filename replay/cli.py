@@ -19,16 +19,13 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sesmon.contract.archive import ReadStats, default_archive_dir, iter_archive
 from sesmon.contract.registry import Registry
 from sesmon.contract.time import local_datetime
 from sesmon.runtime.settings import Settings
 
-from .engine import CatalogueSchedule, Replayer, ReplayResult
-from .output import write_influx, write_jsonl
-from .report import audit_findings, render_report
 from .window import (
     MIN_MARGIN_S,
     SelectionError,
@@ -40,6 +37,10 @@ from .window import (
     parse_time,
     span_window,
 )
+
+if TYPE_CHECKING:  # the engine, the report (matplotlib) and InfluxDB load only when a replay runs:
+    # every stage builds the `sesmon` parser, and matplotlib alone took ~1 s of each start
+    from .engine import ReplayResult
 
 
 @dataclass
@@ -106,6 +107,10 @@ def run_replay(
     archive_dir: Path | None = None,
 ) -> ReplayRun:
     """The whole replay: read the archive, re-run, write OUT (and InfluxDB when asked)."""
+    from .engine import CatalogueSchedule, Replayer
+    from .output import write_influx, write_jsonl
+    from .report import audit_findings, render_report
+
     if _inside(out_dir, data_dir):
         raise SelectionError(
             f"--out {out_dir} is inside the data dir {data_dir}: a replay never writes there"

@@ -29,14 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from alerts.incidents import ClockConfig, EventClock, Incident, IncidentChange, ResponseLoop
 from rules import RuleEngine
 from rules.catalogue_store import catalogue_for, catalogue_versions
-from rules.state import UnitState
+from rules.state import NO_DUE, UnitState
 from sesmon.contract.archive import ArchivedMessage
-from sesmon.contract.fast_envelope import device_envelope
+from sesmon.contract.fast_envelope import device_envelope_dict
 from sesmon.contract.gbt24476 import VENDOR_ROOT
 from sesmon.contract.registry import Registry
 from sesmon.contract.schemas import Alert, BadInput, DispatchAction, Receiver, parse_mqtt
@@ -47,6 +45,7 @@ from .window import Target, Window
 log = logging.getLogger("sesmon.replay")
 
 INF = 1 << 62
+_UNSEEN: Any = object()  # a unit not looked up in the registry yet
 VENDOR_PREFIX = f"{VENDOR_ROOT}/"
 CLOSED_HAZARD = ("closed", "withdrawn")
 
@@ -177,6 +176,10 @@ class Replayer:
         )
         self.loop = ResponseLoop(ClockConfig.from_settings(settings), resolver=resolver)
         self.result = ReplayResult(target, window, catalogue_fallback=catalogues.fallback)
+        # counted per message: plain ints on the hot path, put into ``result.stats`` when read
+        self._messages = 0
+        self.result.stats.update(messages=0, late_dropped=0)
+        self._max_bytes, self._max_depth = settings.max_payload_bytes, settings.max_json_depth
         self.last_status: dict[str, str] = {}
         self.snapshot_at = target.anchor_ms if target.anchor_ms is not None else window.start_ms
         self.snapshot_taken = False
@@ -190,9 +193,13 @@ class Replayer:
 
     def run(self, messages: Iterable[ArchivedMessage]) -> ReplayResult:
         result = self.result
+        advance, handle = self.advance, self.handle
         for msg in messages:  # the archive read is bounded by the window's cap (device time)
-            self.advance(msg.received_ms)
-            self.handle(msg)
+            received_ms = msg.received_ms
+            if received_ms > self.wall:  # messages received in the same ms are one batch
+                advance(received_ms)
+            handle(msg)
+        result.stats["messages"] = self._messages
         if result.incident_end_ms is None and self.target.mode == "alert":
             recovered = self._recovered_at()
             if recovered is not None:  # never closed in the span read: the window ends at its recovery
@@ -243,9 +250,15 @@ class Replayer:
         (as the alerts stage asks it once per batch of records)."""
         if wall <= self.wall:
             return
+        ticks, loop = self.ticks, self.loop
+        if (not ticks or ticks[0][0] > wall) and loop.next_due() is None:
+            self._move(wall)  # the common case: no tick and no clock due before this message
+            return
         while True:
-            t_tick = self._next_tick(wall)
-            t_clock = self._clock_wall(self.loop.next_due())
+            t_tick = INF if not ticks else ticks[0][0]
+            if t_tick <= wall:
+                t_tick = self._next_tick(wall)
+            t_clock = self._clock_wall(loop.next_due())
             step = t_tick if t_tick < t_clock else t_clock
             if step > wall:
                 break
@@ -256,8 +269,11 @@ class Replayer:
                 self._tick(device_id, max(due, self.wall))
             self._changes(self.loop.on_clock(self.clock.now()))
         self._move(wall)
-        if self.loop.next_due() is not None:
-            self._changes(self.loop.on_clock(self.clock.now()))
+        due = loop.next_due()
+        if due is not None:
+            now = self.clock.now()  # always asked: it moves the clock's floor, as the stage's batch does
+            if now is not None and now >= due:  # else on_clock has nothing to fire
+                self._changes(loop.on_clock(now))
 
     def _next_tick(self, until: int) -> int:
         """The earliest due tick, or a lower bound of it beyond ``until`` (INF: none).
@@ -322,15 +338,16 @@ class Replayer:
     def _report_progress(self, wall: int) -> None:
         if self.progress is not None and time.monotonic() >= self._next_progress:
             self._next_progress = time.monotonic() + 0.25
+            self.result.stats["messages"] = self._messages
             self.progress(self.result, wall)
 
     # ------------------------------------------------------------------ inputs
 
     def handle(self, msg: ArchivedMessage) -> None:
         """One archived message, as ingest, the worker and the alerts stage saw it."""
-        stats = self.result.stats
-        stats["messages"] += 1
+        self._messages += 1
         if msg.verdict != "ok":
+            stats = self.result.stats
             stats[f"deadletter_{msg.reason}"] += 1
             self._timeline(
                 msg.ts if msg.ts is not None else msg.received_ms,
@@ -351,21 +368,17 @@ class Replayer:
         elif env.get("device_id"):
             self._device(env)
         else:
-            stats["skipped_no_device"] += 1
+            self.result.stats["skipped_no_device"] += 1
 
     def _envelope(self, msg: ArchivedMessage) -> dict[str, Any] | None:
         """The envelope ingest produced for these bytes (the same JSON the worker decodes)."""
-        settings = self.settings
         topic, payload = msg.topic, msg.payload_bytes
-        fast = device_envelope(
-            topic,
-            payload,
-            msg.received_ms,
-            max_bytes=settings.max_payload_bytes,
-            max_depth=settings.max_json_depth,
+        env = device_envelope_dict(
+            topic, payload, msg.received_ms, max_bytes=self._max_bytes, max_depth=self._max_depth
         )
-        if fast is not None:
-            return orjson.loads(fast.value)
+        if env is not None:
+            return env  # = orjson.loads(device_envelope(...).value) (tests/test_ingest_fast_envelope.py)
+        settings = self.settings
         try:
             canonical_topic, canonical = topic, payload
             if topic.startswith(VENDOR_PREFIX):
@@ -400,7 +413,9 @@ class Replayer:
         """The worker's ``evaluate_envelope``: the unit's state, the rules, the outcome."""
         device_id = env["device_id"]
         typ = env["type"]
-        unit = self._unit(device_id)
+        unit = self.units.get(device_id, _UNSEEN)
+        if unit is _UNSEEN:
+            unit = self._unit(device_id)
         if typ == "telemetry":
             self.result.readings += 1
             if self.keep_signals and env["ts"] >= self.window.start_ms:
@@ -410,8 +425,10 @@ class Replayer:
         out = self.engine.process(self.states.get(device_id), env, unit)
         self._outcome(device_id, out, unit)
         ts = env.get("ts")
-        if isinstance(ts, int):
-            self.clock.observe(ts)  # the worker's event-time watermark, which the alerts stage reads
+        if type(ts) is int:  # the worker's event-time watermark, which the alerts stage reads
+            clock = self.clock
+            if clock.high is None or ts > clock.high:  # else observe() does nothing
+                clock.observe(ts)
 
     def _unit(self, device_id: str) -> Any:
         """The registry row (the registry does not change during a replay: looked up once)."""
@@ -430,13 +447,14 @@ class Replayer:
         self._outcome(device_id, self.engine.tick(state, now_ms, unit), unit, now_ms)
 
     def _outcome(self, device_id: str, out: Any, unit: Any, ticked_at: int | None = None) -> None:
-        stats = self.result.stats
-        if out.state:
-            state = out.state if isinstance(out.state, UnitState) else RuleEngine.load_state(out.state)
+        state = out.state
+        if state:
+            if type(state) is not UnitState:
+                state = RuleEngine.load_state(state)
             if state is not None:
                 self.states[device_id] = state
-                due = self.engine.next_due(state)
-                if due is not None:
+                due = state.due  # RuleEngine.next_due, inline: once per reading
+                if due is not None and due < NO_DUE:
                     floor = (ticked_at if ticked_at is not None else self.wall) + (
                         self.tick_every_ms if ticked_at is not None else 0
                     )
@@ -448,9 +466,10 @@ class Replayer:
                         heapq.heappush(self.ticks, (due, device_id))
                 else:
                     self.due.pop(device_id, None)
-        stats["late_dropped"] += out.late_dropped
+        if out.late_dropped:
+            self.result.stats["late_dropped"] += out.late_dropped
         for reason in out.rejected:
-            stats["rejected_by_rules"] += 1
+            self.result.stats["rejected_by_rules"] += 1
             self._timeline(self.wall, "rules", "rejected", device_id=device_id, detail=reason)
         for alert in out.alerts:
             self._rule_alert(alert, unit)

@@ -177,8 +177,9 @@ def test_corrupt_line_is_reported_with_file_and_line(tmp_path: Path) -> None:
     assert [m.seq for m in got] == [1, 4]
     assert stats.corrupt == 2 and stats.problems[1].startswith(f"{path}:3:")
     # a torn gzip tail (a write cut short): the lines before it are read, the tail is a problem
-    with path.open("ab") as out:
-        out.write(gzip_member([_line(5, T0, topic, b"{}", ts=T0)])[:-9])
+    torn = gzip_member([_line(5, T0, topic, b"{}", ts=T0)])
+    with path.open("ab") as out:  # cut inside the line's data (deflate may end in an empty block)
+        out.write(torn[: len(torn) // 2])
     stats = ReadStats()
     assert [m.seq for m in read_partition(path, strict=False, stats=stats)] == [1, 4]
     assert stats.corrupt == 3 and "unreadable gzip data" in stats.problems[-1]
@@ -285,7 +286,7 @@ def test_writer_partitions_checkpoints_and_cleans_its_journal(tmp_path: Path) ->
     add("sesmon/v1/elevator/NOT-OURS/telemetry", b"\xff", junk)
     last = add(b"\xfe/bad", b"{}", FakeRecord("dl", b"", 0, "dead_lettered", T0 + 404, "bad_topic"))
     assert not writer.covers(last)
-    writer.write_pending()  # the Kafka poll thread's part, once a round
+    writer.write_pending()  # the bridge's part, before it produces a Kafka record
     assert writer.covers(last)
     writer.close()
     assert not writer.thread.is_alive()
@@ -312,6 +313,37 @@ def test_writer_partitions_checkpoints_and_cleans_its_journal(tmp_path: Path) ->
     for raw, m in zip(raw_lines, got, strict=False):
         fields = {"received_ms": m.received_ms, "seq": m.seq, "writer": m.writer, "ts": m.ts}
         assert raw == archive_line(topic=m.topic_bytes, payload=m.payload_bytes, verdict="ok", **fields)
+
+
+def test_writers_in_several_threads_take_turns(tmp_path: Path) -> None:
+    """The bridge's MQTT and poll threads both call write_pending (before each Kafka record): one may
+    find the queue emptied by the other; every message is journalled once, covered, in seq order."""
+    archive = tmp_path / "archive"
+    fatals: list[str] = []
+    writer = ArchiveWriter(archive, stream_of_topic=STREAMS, flush_s=3600, on_fatal=fatals.append).start()
+    tele = f"sesmon/v1/elevator/{UNIT_A}/telemetry".encode()
+    per_thread, threads = 2000, 4
+
+    uncovered: list[int] = []
+
+    def produce(n: int) -> None:
+        for i in range(per_thread):
+            record = FakeRecord("p.telemetry", UNIT_A.encode(), T0, "produced", T0 + i)
+            seq = writer.add(tele, b'{"t":%d,"i":%d}' % (n, i), record)
+            writer.write_pending()
+            if not writer.covers(seq):
+                uncovered.append(seq)
+
+    workers = [threading.Thread(target=produce, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    writer.close()
+    assert fatals == [] and uncovered == []
+    got = _everything(archive)
+    assert sorted(m.seq for m in got) == list(range(1, per_thread * threads + 1))  # each once
+    assert len({m.payload_bytes for m in got}) == per_thread * threads
 
 
 def test_crashed_writers_journal_is_read_then_folded_in(tmp_path: Path) -> None:
@@ -400,6 +432,48 @@ def test_ingest_archives_every_message_it_acks_valid_and_dead(
     only_unit = list(iter_archive(archive, devices={elevators[0]}, **window))
     assert {m.topic.split("/")[2] for m in only_unit} == {"elevator", "dispatch", "reports"}
     assert snapshot["archive_lines"] == len(messages)
+    assert snapshot.get("archive_ack_waits", 0) == 0  # journalled before produced: no ack waited
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_acks_wait_while_the_journal_cannot_be_written(settings: Settings, fleet_registry: Registry) -> None:
+    """A journal write that fails (disk full): the records still go to Kafka, but no message is acked
+    (nor counted produced) until a later poll round writes it; then every message is archived once."""
+    elevators = [u.device_id for u in fleet_registry if u.kind == "elevator"][:3]
+    bridge = IngestBridge(settings, fleet_registry, on_fatal=FATALS.append).start()
+    archive = bridge.archive
+    assert archive is not None and bridge.wait_connected()
+    read_only = os.open(os.devnull, os.O_RDONLY)  # every write to it fails (EBADF)
+    with archive._lock:
+        journal_fd, archive._journal_fd = archive._journal_fd, read_only
+    messages = [reading(elevators[i % 3], i, NOW + i, moving=False) for i in range(200)]
+    client = mqtt_client(settings)
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1)
+        _wait_for(lambda: bridge.counters["archive_ack_waits"] > 0, "a delivered record whose acks wait")
+        _wait_for(lambda: archive.counters["write_errors"] > 1, "the poll thread to try the write again")
+        assert bridge.counters["produced"] == 0 and archive.written_seq == 0
+        with archive._lock:
+            archive._journal_fd = journal_fd
+        assert bridge.wait_until(lambda b: b.counters["produced"] == len(messages), 60)
+        assert bridge.snapshot()["archive_waiting_records"] == 0
+    finally:
+        with archive._lock:
+            archive._journal_fd = journal_fd
+        os.close(read_only)
+        bridge.stop()
+        client.disconnect()
+    assert FATALS == []
+    got = _everything(default_archive_dir(settings.data_dir), NOW)
+    assert [(m.topic, m.payload_bytes) for m in got] == messages
+    assert archive.counters["lines"] == len(messages)
 
 
 def test_kill_9_of_ingest_loses_no_acked_message(

@@ -2,11 +2,12 @@
 
 ``device_envelope`` either returns the envelope bytes ``parse_mqtt`` + ``model_dump`` would
 produce, byte for byte, or None (the bridge then runs ``parse_mqtt``, which accepts or rejects
-with its reason). So for every input: fast accepted => slow accepted with the same bytes; fast
-never rejects by itself, hence a rejection always carries the slow path's reason. Hypothesis
-generates the bodies: valid, nearly valid, wrong JSON types (bools for ints, floats for ints,
-ints for floats), huge ints, NaN, unicode and lone surrogates, extra fields, nested values,
-nulls, duplicate keys, shuffled keys, odd topics and unregistered units.
+with its reason); ``device_envelope_dict`` (the replay's) gives the same envelope as a dict. So
+for every input: fast accepted => slow accepted with the same bytes; fast never rejects by
+itself, hence a rejection always carries the slow path's reason. Hypothesis generates the
+bodies: valid, nearly valid, wrong JSON types (bools for ints, floats for ints, ints for
+floats), huge ints, NaN, unicode and lone surrogates, extra fields, nested values, nulls,
+duplicate keys, shuffled keys, odd topics and unregistered units.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import field_validator
 
-from sesmon.contract.fast_envelope import SPECS, device_envelope
+from sesmon.contract.fast_envelope import SPECS, device_envelope, device_envelope_dict
 from sesmon.contract.schemas import (
     EVENT_CODES,
     MODE_CODES,
@@ -58,9 +59,12 @@ def assert_same(topic: str, payload: bytes, received_ms: int = TS + 5, **kwargs:
     """fast accepted => slow accepted, same bytes; returns whether the fast path took it."""
     kwargs.setdefault("known_device", REGISTRY.get)
     fast = device_envelope(topic, payload, received_ms, **kwargs)
+    as_dict = device_envelope_dict(topic, payload, received_ms, **kwargs)  # the replay's: same decision
     outcome, result = slow(topic, payload, received_ms, **kwargs)
     if fast is None:
+        assert as_dict is None, f"the dict path took what the bytes path did not: {topic} {payload!r}"
         return False
+    assert as_dict is not None and dumps(as_dict) == fast.value and as_dict == orjson.loads(fast.value)
     assert outcome == "ok", f"fast accepted what the slow path calls {result}: {topic} {payload!r}"
     env, value = result
     assert fast.value == value, f"\nfast {fast.value!r}\nslow {value!r}"
