@@ -97,7 +97,7 @@ class IncidentStore:
         the accident keys reported and the clock state. Returns once committed."""
         now = int(time.time() * 1000)
         rows = [(i.alert_id, int(i.is_open), i.opened_at, i.device_id, now, i.to_json()) for i in incidents]
-        out = [(c.change_id, c.alert_id, c.model_dump_json().encode()) for c in changes]
+        out = [(c.change_id, c.alert_id, c.to_json()) for c in changes]
         with self._transaction() as db:
             db.executemany("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?, ?)", rows)
             # a change re-made after a crash has the same id: keep the first (it may be half-paged)

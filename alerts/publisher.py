@@ -204,7 +204,8 @@ class AlertPublisher:
         self._queue: deque[Outgoing] = deque()  # changes for the pager, in order
         self._delivered_ids: list[str] = []  # outbox changes fully paged: marked in the store in batches
         self._hook_owners: dict[tuple[str, str, str], Owed] = {}  # (key, receiver, url) -> its change
-        self._side: deque[Callable[[], None]] = deque()  # webhook audit entries / dead letters to write
+        # webhook audit entries (kind, data, event_at) and dead letters (a callable) to write, in order
+        self._side: deque[tuple[str, dict[str, Any], int | None] | Callable[[], None]] = deque()
         self.offsets = OffsetTracker()
         self.connected = threading.Event()
         self._journal: IO[bytes] | None = None
@@ -276,6 +277,8 @@ class AlertPublisher:
             settings, settings.alerts_mqtt_client_id, connect_timeout_s=CONNECT_TIMEOUT_S
         )
         self._next_mid = 0
+        self._pager_rounds = 0  # select rounds of the pager
+        self._pager_cpu_s = 0.0  # CPU time of the pager thread so far
         self._out: list[bytes] = []  # PUBLISH packets of this round, written together
         self._wake_r, self._wake_w = socket.socketpair()  # the main loop wakes the pager's select
         self._wake_r.setblocking(False)
@@ -501,12 +504,28 @@ class AlertPublisher:
         if version != self._routed_version or len(self._routed) >= ROUTED_CACHE:
             self._routed, self._routed_version = {}, version
             self._routes_on_state = any(r.match.state is not None for r in table.doc.routes)
-        # the same incident at the same level pages the same people: routed once, not per change
+        # the answer depends only on what the table reads (RoutingTable.receivers): the alert's
+        # kind, level, rule, state, district, firm, unit and rule marks, the registry unit's place
+        # and owners, and the escalation flags. Keyed on those, not on the alert: every alert of a
+        # rule at a unit shares one answer (a new alert no longer costs an alert_view and a routing)
         state = incident.alert_state if self._routes_on_state else ""
-        key = (incident.alert_id, incident.escalation, sla_now, accident_now, state)
+        unit = self.registry.get(incident.device_id) if self.registry is not None else None
+        key = (
+            incident.kind,
+            incident.level,
+            incident.rule,
+            incident.district,
+            incident.firm_id,
+            incident.user_unit_id,
+            tuple((r.kind, r.id) for r in incident.rule_receivers),
+            (unit.district, unit.firm_id, unit.user_unit_id, unit.lat, unit.lon) if unit else None,
+            incident.escalation,
+            sla_now,
+            accident_now,
+            state,
+        )
         receivers = self._routed.get(key)
         if receivers is None:
-            unit = self.registry.get(incident.device_id) if self.registry is not None else None
             receivers = self._routed[key] = table.receivers(
                 incident.alert_view(),
                 unit,
@@ -640,6 +659,8 @@ class AlertPublisher:
                                     self._acked.append(page)
                     self._record_acked()
                     self.session.keepalive()
+                    self._pager_rounds += 1
+                    self._pager_cpu_s = time.thread_time()  # the pager's own cost, for the stats
                 except ConnectionLost as exc:
                     self._lost(exc)
         finally:
@@ -754,9 +775,7 @@ class AlertPublisher:
         outcome = "ok" if status is not None and 200 <= status < 300 else "failed"
         detail = f"http_{status}" if status is not None else error
         self._side.append(
-            lambda: self._audit(
-                *delivery_entry("webhook", target.receiver, key, outcome, attempt=attempt, detail=detail)
-            )
+            delivery_entry("webhook", target.receiver, key, outcome, attempt=attempt, detail=detail)
         )
 
     def _on_hook_result(
@@ -773,13 +792,12 @@ class AlertPublisher:
         self.counters[f"webhook_dead_{tag}"] += 1
         entry = delivery_entry("webhook", target.receiver, key, "dead_letter", attempt=0, detail=reason)
         if tag == "stopped":  # the stage stops: the change stays in the outbox, the next run retries
-            self._side.append(lambda: self._audit(*entry))
+            self._side.append(entry)
             with self._lock:
                 self._hook_owners.pop((key, target.receiver, target.url), None)
             return
 
         def write() -> None:
-            self._audit(*entry)
             headers = [
                 ("reason", f"webhook_{tag}".encode()),
                 ("detail", reason.encode()[:DETAIL_MAX]),
@@ -796,6 +814,7 @@ class AlertPublisher:
                 return
             self.counters["webhook_dead_letters_not_written"] += 1
 
+        self._side.append(entry)  # the audit entry first, then the dead letter
         self._side.append(write)
         self._hook_settled(target, key)
 
@@ -812,8 +831,19 @@ class AlertPublisher:
         """Webhook audit entries and dead letters, written by the main loop in a batch: a dead
         receiver's thousands of dead letters never take time from the pager."""
         try:
-            while self._side:
-                self._side.popleft()()
+            entries: list[tuple[str, dict[str, Any], int | None]] = []
+            letters: list[Callable[[], None]] = []
+            while self._side:  # other threads append meanwhile: popleft is atomic, a snapshot is not
+                item = self._side.popleft()
+                if callable(item):
+                    letters.append(item)
+                else:
+                    entries.append(item)
+            # one chained write for the whole burst (a dead receiver makes ~2 entries per change),
+            # and every dead letter after its audit entry, as before
+            self.audit.append_batch(entries)
+            for write in letters:
+                write()
         except Exception as exc:
             fatal("alerts", f"cannot write the audit log: {exc!r}")
 
@@ -910,6 +940,8 @@ class AlertPublisher:
             "routing_last_error": self.routing.last_error[:500],
             "webhooks": self.webhooks.stats(),
             "audit_entries": self.audit.next_seq,
+            "pager_rounds": self._pager_rounds,
+            "pager_cpu_s": round(self._pager_cpu_s, 3),
         }
         with contextlib.suppress(BufferError):  # Kafka away and the queue full: stats are best effort
             self.stats_producer.produce(

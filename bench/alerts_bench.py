@@ -185,6 +185,12 @@ def bench_alert(index: int, level: str, state: str, opened_at: int, changed_at: 
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (/proc/<pid>/stat): the fair cost figure on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -258,7 +264,7 @@ def latency_run(
                 producer.poll(0.01)
 
     receivers = 3 if level == "P1" else 2
-    sent, elapsed = 0, 0.0
+    sent, elapsed, cpu_used = 0, 0.0, 0.0
     try:
         # warm up: the consumer group join (5-8 s on Tansu), then the first page
         now = int(time.time() * 1000)
@@ -272,6 +278,7 @@ def latency_run(
         if not warm.wait(120):
             raise SystemExit(f"no warm-up page\n{stage.log_tail()}")
         warm_count = counts[0]
+        cpu_before = cpu_seconds(stage.proc.pid)
         # alert changes at `rate` per second: each alert fires, and resolves 1 s later (built first:
         # the paced loop only produces)
         records: list[tuple[float, bytes, bytes, str]] = []
@@ -300,6 +307,7 @@ def latency_run(
         deadline = time.monotonic() + 120
         while counts[0] < wanted and time.monotonic() < deadline:
             time.sleep(0.5)
+        cpu_used = cpu_seconds(stage.proc.pid) - cpu_before
     finally:
         sub.send_signal(signal.SIGTERM)
         sub.wait(60)
@@ -324,6 +332,9 @@ def latency_run(
         "p50_ms": round(pct(lat, 0.50), 1),
         "p99_ms": round(pct(lat, 0.99), 1),
         "max_ms": round(max(lat), 1),
+        "stage_cpu_s": round(cpu_used, 2),
+        "cpu_us_per_change": round(cpu_used * 1e6 / max(1, sent)),
+        "load_avg": os.getloadavg(),
         "p50_ms_per_5s": [round(pct(windows[w], 0.5)) for w in sorted(windows)],
         "stage": stats,
     }
@@ -366,6 +377,8 @@ def stage_stats(settings: Settings) -> dict[str, Any]:
         "webhook_dead_letters": {k: v for k, v in last.items() if k.startswith("webhook_dead_")},
         "webhook_attempts": hooks.get("attempts"),
         "audit_entries": last.get("audit_entries"),
+        "pager_rounds": last.get("pager_rounds"),
+        "pager_cpu_s": last.get("pager_cpu_s"),
         "health_ok": (last.get("health") or {}).get("ok"),
     }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from alerts.incident_store import IncidentStore
@@ -232,6 +233,20 @@ def test_escalation_pages_add_rescue_then_fire_and_the_breach_reaches_the_regula
     assert page["state"] == "firing" and page["incident_state"] == "open"  # state stays the alert's
     assert page["idempotency_key"] == f"{TRAPPED}|sla_breach"
     assert page["escalation"] == 3 and page["sla_breach"] is True and len(page["timeline"]) == 4
+
+
+def test_the_outbox_row_is_the_change_as_pydantic_writes_it() -> None:
+    """``IncidentChange.to_json`` (orjson, the stage's hot path) must write every field exactly as
+    ``model_dump_json`` does, so a change read back from the outbox is the change stored."""
+    loop = ResponseLoop()
+    (opened,) = loop.on_alert(alert(evidence=[{"temp_c": 41.5, "ts": T0}]))
+    opened.evidence = [{"temp_c": 41.5, "ts": T0}]
+    later = loop.on_clock(T0 + 30 * MIN)  # level 2, level 3 and the breach
+    assert later
+    for change in (opened, *later):
+        assert orjson.loads(change.to_json()) == orjson.loads(change.model_dump_json())
+        assert IncidentChange.model_validate_json(change.to_json()) == change
+    assert set(orjson.loads(opened.to_json())) == set(IncidentChange.model_fields)  # a new field: add it
 
 
 def test_each_clock_change_fires_once_however_often_the_clock_is_asked() -> None:

@@ -226,6 +226,46 @@ def test_a_dead_port_ends_in_one_dead_letter_after_the_last_try(
     assert sender.stats()["dead"] == 1 and sender.stats()["attempts"] == 3
 
 
+def test_a_dead_target_is_short_circuited_and_still_dead_lettered_by_the_same_rules(
+    outcomes: Outcomes, make_sender: Callable[..., WebhookSender]
+) -> None:
+    """After three transport failures the breaker opens: the next delivery's tries fail without a
+    connection (the probe is due only a backoff later: 0.5-1 s here) and end in the same dead letter."""
+    with socket.socket() as probe:  # a free port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sender = make_sender(tries=3, backoff_s=1.0, backoff_max_s=2.0)
+    url = f"http://127.0.0.1:{port}/hook"
+    first, second = page("D1.a.1"), page("D1.b.1")
+    sender.send(target(url), *first)
+    outcomes.wait(first[0])
+    sender.send(target(url), *second)
+    outcomes.wait(second[0])
+    reasons = [d[3] for d in outcomes.dead]
+    assert len(reasons) == 2 and reasons[0] == reasons[1]
+    assert reasons[0].startswith("gave_up:") and reasons[0].endswith("after 3 tries")
+    assert [(r[2], r[3]) for r in outcomes.results] == [("dead", 3), ("dead", 3)]
+    second_tries = [a for a in outcomes.attempts if a[0] == second[0]]
+    assert [a[1] for a in second_tries] == [1, 2, 3]
+    assert second_tries[0][3].startswith("circuit_open: ")  # no connection for it
+    stats = sender.stats()
+    assert stats["breaker_opened"] == 1
+    assert stats["attempts"] + stats["short_circuited"] == 6 and stats["short_circuited"] >= 1
+
+
+def test_http_error_answers_never_open_the_breaker(
+    receiver: Receiver, outcomes: Outcomes, make_sender: Callable[..., WebhookSender]
+) -> None:
+    """A target that answers (even 503) is up: only transport failures count towards the breaker."""
+    receiver.plans["/back"] = [503, 503, 503, 200]
+    sender = make_sender(tries=6)
+    key, body = page()
+    sender.send(target(receiver.url("/back")), key, body)
+    outcomes.wait(key)
+    assert outcomes.results == [(receiver.url("/back"), key, "delivered", 4, 200)]
+    assert "breaker_opened" not in sender.stats()
+
+
 def test_a_permanent_refusal_is_not_retried(
     receiver: Receiver, outcomes: Outcomes, make_sender: Callable[..., WebhookSender]
 ) -> None:
