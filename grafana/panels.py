@@ -7,6 +7,7 @@ Only styling defaults live here (sizes, units, thresholds); every query is writt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from grafana_foundation_sdk.builders import bargauge, geomap, piechart, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as common_builders
@@ -45,6 +46,21 @@ def _last() -> common_builders.ReduceDataOptions:
     return common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
 
 
+P = TypeVar("P")
+
+
+def _framed(panel: P, title: str, description: str, targets: Targets, width: int, height: int) -> P:
+    """What every panel has: title, description, the InfluxDB datasource, its queries, its size."""
+    return (
+        panel.title(title)  # type: ignore[attr-defined]
+        .description(description)
+        .datasource(datasource_ref())
+        .targets(list(targets))
+        .span(width)
+        .height(height)
+    )
+
+
 def stat_panel(
     title: str,
     targets: Targets,
@@ -59,14 +75,8 @@ def stat_panel(
     time_from: str = "",
 ) -> stat.Panel:
     panel = (
-        stat.Panel()
-        .title(title)
-        .description(description)
-        .datasource(datasource_ref())
-        .targets(list(targets))
+        _framed(stat.Panel(), title, description, targets, width, height)
         .unit(unit)
-        .span(width)
-        .height(height)
         .reduce_options(_last())
         .graph_mode(common.BigValueGraphMode.NONE)
         .color_mode(common.BigValueColorMode.VALUE)
@@ -95,14 +105,8 @@ def timeseries_panel(
     time_from: str = "",
 ) -> timeseries.Panel:
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(datasource_ref())
-        .targets(list(targets))
+        _framed(timeseries.Panel(), title, description, targets, width, height)
         .unit(unit)
-        .span(width)
-        .height(height)
         .line_width(1)
         .fill_opacity(10)
         .span_nulls(True)
@@ -138,13 +142,7 @@ def table_panel(
 ) -> table.Panel:
     """A table; ``units`` / ``thresholds`` per column name become field overrides."""
     panel = (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .datasource(datasource_ref())
-        .targets(list(targets))
-        .span(width)
-        .height(height)
+        _framed(table.Panel(), title, description, targets, width, height)
         .transformations(list(transformations))
         .align(common.FieldTextAlignment.AUTO)
         .filterable(True)
@@ -182,14 +180,8 @@ def bar_panel(
 ) -> bargauge.Panel:
     """Horizontal bars, one per series (a ranking or a breakdown by tag)."""
     panel = (
-        bargauge.Panel()
-        .title(title)
-        .description(description)
-        .datasource(datasource_ref())
-        .targets(list(targets))
+        _framed(bargauge.Panel(), title, description, targets, width, height)
         .unit(unit)
-        .span(width)
-        .height(height)
         .orientation(common.VizOrientation.HORIZONTAL)
         .display_mode(common.BarGaugeDisplayMode.GRADIENT)
         .reduce_options(_last())
@@ -212,13 +204,7 @@ def pie_panel(
     height: int = 8,
 ) -> piechart.Panel:
     return (
-        piechart.Panel()
-        .title(title)
-        .description(description)
-        .datasource(datasource_ref())
-        .targets(list(targets))
-        .span(width)
-        .height(height)
+        _framed(piechart.Panel(), title, description, targets, width, height)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(True))
         .transformations(list(transformations))
     )
@@ -276,13 +262,7 @@ def geomap_panel(
     )
     lat, lon = centre
     panel = (
-        geomap.Panel()
-        .title(title)
-        .description(description)
-        .datasource(datasource_ref())
-        .targets(list(targets))
-        .span(width)
-        .height(height)
+        _framed(geomap.Panel(), title, description, targets, width, height)
         .transformations(list(transformations))
         # the SDK types lat/lon as int (Grafana's CUE schema says int64; its TypeScript, number)
         .view(geomap.MapViewConfig().id("coords").lat(lat).lon(lon).zoom(zoom))  # type: ignore[arg-type]
