@@ -394,7 +394,11 @@ def main() -> None:
     parser.add_argument("--level", choices=("P1", "P2"), default="P1", help="P1: 3 receivers, P2: 2")
     parser.add_argument("--changes", type=int, default=5000, help="throughput: changes put on the topic")
     parser.add_argument(
-        "--inflight", type=int, nargs="+", default=[10, 100], help="throughput: each; latency: the first (10)"
+        "--inflight",
+        type=int,
+        nargs="+",
+        default=[10, 100],
+        help="throughput: each; latency: the first given (else the stage's default)",
     )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument(
@@ -409,7 +413,8 @@ def main() -> None:
     try:
         if args.mode == "latency":
             for run in range(args.runs):
-                inflight = args.inflight[0] if args.inflight != [10, 100] else 10
+                # unless asked, the stage as shipped (SESMON_ALERTS_MAX_INFLIGHT's default, 100)
+                inflight = args.inflight[0] if args.inflight != [10, 100] else Settings().alerts_max_inflight
                 result = latency_run(
                     kafka.port,
                     work,
