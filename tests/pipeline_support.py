@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,16 @@ class AlertInbox:
                 return True
             time.sleep(0.2)
         return bool(predicate(self))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> None:
+    """Poll ``predicate`` until it holds or ``timeout`` s pass; the assertion names ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    assert predicate(), f"timed out after {timeout} s waiting for {what}"
 
 
 def end_offsets(settings: Settings, streams: list[str], timeout: float = 30) -> dict[tuple[str, int], int]:

@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -47,18 +47,9 @@ from sesmon.runtime.settings import Settings
 from simulators.fleet import generate_fleet
 from store.wire import V1Wire, query
 from tests.conftest import clock_date, mqtt_client, publish_all, reading
-from tests.pipeline_support import AlertInbox, stage_env, start_stages, stop_stages
+from tests.pipeline_support import AlertInbox, stage_env, start_stages, stop_stages, wait_for
 
 MIN = 60_000
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    assert predicate(), f"timed out after {timeout} s waiting for {what}"
 
 
 # --------------------------------------------------------------------------- the simulated run

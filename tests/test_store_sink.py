@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +35,11 @@ from sesmon.runtime.settings import Settings
 from simulators.fleet import generate_fleet
 from store.sink import StoreStage
 from store.wire import query
+from tests.pipeline_support import wait_for
 
 T0 = 1_800_000_000_000
 #: how long InfluxDB stays stopped in the outage test (the issue's requirement)
 OUTAGE_S = 30.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    assert predicate(), f"timed out after {timeout} s waiting for {what}"
 
 
 @pytest.fixture
