@@ -539,9 +539,15 @@ class Pipeline:
 
 
 def kafka_census(
-    settings: Settings, streams: list[str], expected: int, idle_s: float = 3.0
+    settings: Settings,
+    streams: list[str],
+    expected: int,
+    idle_s: float = 3.0,
+    stamps: dict[tuple[str, int], float] | None = None,
 ) -> dict[str, int]:
-    """What lies on the device topics: records, envelopes in them, distinct (device, seq)."""
+    """What lies on the device topics: records, envelopes in them, distinct (device, seq).
+    ``stamps``: (device, ts) -> 0 for the readings wanted; filled with the time (s) ingest
+    produced the record carrying each."""
     reader = make_reader(settings, streams)
     records = envelopes = 0
     seen: set[tuple[str, int]] = set()
@@ -557,9 +563,48 @@ def kafka_census(
                 for env in envelopes_of(record.value()):
                     envelopes += 1
                     seen.add((env.get("device_id"), env.get("seq")))
+                    if stamps and (env.get("device_id"), env.get("ts")) in stamps:
+                        stamps[(env["device_id"], env["ts"])] = record.timestamp()[1] / 1000
     finally:
         reader.close()
     return {"records": records, "envelopes": envelopes, "distinct": len(seen)}
+
+
+def alert_stamps(settings: Settings, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], float]:
+    """(device, opened_at) -> when the worker produced the alert (its first record), in seconds."""
+    found: dict[tuple[str, int], float] = {}
+    reader = make_reader(settings, ["alerts"])
+    try:
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 2.0:
+            for record in reader.consume(1000, 0.5):
+                if record.error():
+                    continue
+                idle_since = time.monotonic()
+                alert = orjson.loads(record.value())
+                key = (alert.get("device_id"), alert.get("opened_at"))
+                if key in wanted and key not in found:
+                    found[key] = record.timestamp()[1] / 1000
+    finally:
+        reader.close()
+    return found
+
+
+def slowest_lines(result: E2EResult, n: int = 5) -> list[str]:
+    """Where the slowest pages spent their time: publish -> on Kafka (ingest) -> alert on Kafka
+    (worker) -> page (alerts stage and MQTT), from the records' Kafka timestamps."""
+    rows = sorted(result.hops, key=lambda h: h[-1] - h[1], reverse=True)[:n]
+    lines = [f"  the {len(rows)} slowest pages: publish -> ingest produced -> worker produced -> paged (ms)"]
+    for path, sent, ingested, raised, paged in rows:
+
+        def ms(a: float, b: float) -> str:
+            return f"{(b - a) * 1000:7,.0f}" if a and b else "      ?"
+
+        lines.append(
+            f"    {path:<9} at t={sent - result.t0:5.1f} s: ingest {ms(sent, ingested)}  worker "
+            f"{ms(ingested, raised)}  alerts {ms(raised, paged)}  total {ms(sent, paged)}"
+        )
+    return lines
 
 
 def explain_missing(settings: Settings, missing: list[Trigger]) -> str:
@@ -613,6 +658,8 @@ class E2EResult:
     census: dict[str, int] = field(default_factory=dict)
     missing: str = ""  # why pages did not come, if some did not
     processes: list[ProcessSamples] = field(default_factory=list)
+    t0: float = 0.0  # when the measured window began (time.time())
+    hops: list[tuple[str, float, float, float, float]] = field(default_factory=list)  # see slowest_lines
 
 
 def warm_up(pub: Publisher, fleet: Fleet, stats: StatsReader, watcher: AlertWatcher, logs: Path) -> None:
@@ -804,9 +851,17 @@ def measure_e2e(
         result.evaluated = stats.total(EVALUATED)
         result.dead_lettered = stats.total(DEAD_LETTERED)
         result.ingest_received = stats.total(INGEST_RECEIVED)
+        stamps = {(t.device_id, t.ts): 0.0 for t in triggers}
         result.census = kafka_census(
-            settings, ["telemetry", "events"], result.published - result.dead_lettered
+            settings, ["telemetry", "events"], result.published - result.dead_lettered, stamps=stamps
         )
+        raised = alert_stamps(settings, set(stamps))
+        result.t0 = t0
+        result.hops = [
+            (t.path, t.sent, stamps[key], raised.get(key, 0.0), watcher.arrived[key])
+            for t in triggers
+            if (key := (t.device_id, t.ts)) in watcher.arrived
+        ]
     finally:
         pub.close()
         watcher.stop()
@@ -867,6 +922,20 @@ class WorkerResult:
     shares: list[int]
     extra: dict[str, int]
     processes: list[ProcessSamples]
+    together_rate: float = 0.0  # readings/s while every worker evaluated (see run_workers)
+    together_s: float = 0.0
+
+
+def _processed_at(points: list[tuple[float, int]], at: float) -> float:
+    """A worker's evaluated count at time ``at``, interpolated between its stats records."""
+    before = [(t, p) for t, p in points if t <= at]
+    after = [(t, p) for t, p in points if t >= at]
+    if not before:
+        return float(points[0][1])
+    if not after:
+        return float(points[-1][1])
+    (t0, p0), (t1, p1) = before[-1], after[0]
+    return p0 + (p1 - p0) * ((at - t0) / (t1 - t0) if t1 > t0 else 0.0)
 
 
 def run_workers(
@@ -910,6 +979,7 @@ def run_workers(
             time.sleep(0.2)
         sampler.stop()
         first_at, last_at, counted, shares = [], [], 0, []
+        histories = []
         for pid in pids:
             points = [
                 (at, c["processed"])
@@ -924,6 +994,12 @@ def run_workers(
             last_at.append(next(at for at, p in points if p == final))
             counted += final - points[0][1]
             shares.append(final)
+            histories.append(points)
+        # all together: from the last worker's first evaluation to the first worker's last one
+        # (a worker joining late costs the others a rebalance; this is the rate while all work)
+        t_from, t_to = max(first_at), min(last_at)
+        together = sum(_processed_at(h, t_to) - _processed_at(h, t_from) for h in histories)
+        together_rate = together / (t_to - t_from) if t_to - t_from >= 2 else 0.0
         extra = {
             key: sum(int(s.get(key, 0)) for s in stats.records("streams", pids))
             for key in (
@@ -947,6 +1023,8 @@ def run_workers(
             sorted(shares),
             extra,
             sampler.procs,
+            together_rate,
+            max(0.0, t_to - t_from),
         )
     finally:
         stats.stop()
@@ -1026,6 +1104,7 @@ def end_to_end(
         f"{result.rate / raw:.2f} x raw" + ("" if result.drained else "  (NOT all evaluated: stalled)"),
         *loss_lines(result),
         *latency_lines(result),
+        *slowest_lines(result),
         "  memory and CPU of the sesmon stages over the measured window (samples every 5 s):",
         *("    " + proc.summary() for proc in result.processes),
     ]
@@ -1060,14 +1139,16 @@ def worker_only(args: argparse.Namespace, work: Path, kafka_port: int) -> list[s
     for r in results:
         lines.append(
             f"  worker alone, {r.workers} worker(s): {r.processed:,} readings evaluated, "
-            f"{r.rate:,.0f} readings/s; "
+            f"{r.rate:,.0f} readings/s; while all {r.workers} evaluated ({r.together_s:.0f} s): "
+            f"{r.together_rate:,.0f} readings/s; "
             f"shares {r.shares}; " + ", ".join(f"{k} {v:,}" for k, v in r.extra.items())
         )
         lines += ["    " + p.summary() for p in r.processes]
     if len(results) > 1:
         lines.append(
             f"  {results[-1].workers} workers / {results[0].workers}: "
-            f"{results[-1].rate / results[0].rate:.2f} x"
+            f"{results[-1].rate / results[0].rate:.2f} x (while all evaluated: "
+            f"{results[-1].together_rate / max(results[0].together_rate, 1e-9):.2f} x)"
         )
     return lines
 

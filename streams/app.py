@@ -39,11 +39,13 @@ from rules import RuleEngine
 from rules.catalogue_store import store_catalogue
 from sesmon.contract.groups import GROUP_COUNT_HEADER, encode_group, envelopes_of, partition_of
 from sesmon.contract.registry import Registry
+from sesmon.runtime.gc_pauses import GcPauses
 from sesmon.runtime.health import Health, fatal
 from sesmon.runtime.kafka import client_config, dumps, ensure_topics, stats_record
 from sesmon.runtime.settings import Settings
 
-from .faust_private import limit_fetch_wait
+from .faust_private import limit_fetch_wait, pace_fetches
+from .lag_guard import TickLagGuard
 from .unit_cache import UnitCache, iter_bucket
 
 log = logging.getLogger("sesmon.streams")
@@ -51,6 +53,8 @@ log = logging.getLogger("sesmon.streams")
 DEVICE_STREAMS = ("telemetry", "events", "status", "reports")
 DUE_INDEX_SLICE = 500  # units indexed between two yields to the event loop
 TICKS_PER_RECORD = 500  # deadman ticks grouped in one Kafka record
+QUIET_S = 1.0  # no batch this long: a checkpoint under way is finished at once
+CHECKPOINT_SLOW_MS = 250  # a checkpoint step this long (readings wait for it) is logged
 
 
 class KafkaProbe:
@@ -155,6 +159,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
     if engine.catalogue.source:  # the catalogue that runs is kept, for replay (rules/catalogue_store.py)
         store_catalogue(settings.data_dir, engine.catalogue)  # event time: none known before the first batch
     limit_fetch_wait(settings.worker_fetch_wait_ms)  # Faust's 1.5 s is a latency floor on Tansu
+    pace_fetches(settings.worker_fetch_interval_ms)  # a fetch per record taken cost Tansu most of a core
     ensure_topics(settings)
     datadir = settings.data_dir / "streams"
     datadir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +186,8 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
     )
     counters: Counter[str] = Counter()
     health = Health("streams")
+    gc_pauses = GcPauses().install()
+    lag_guard = TickLagGuard(int(settings.worker_tick_max_lag_s * 1000))
     input_topics = [settings.topic(s) for s in DEVICE_STREAMS]
     # per input partition: the next offset to evaluate, as far as we know it (health, not state)
     next_offset: dict[tuple[str, int], int] = {}
@@ -261,22 +268,55 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
     )
     lock = asyncio.Lock()  # a batch and a checkpoint never interleave
     pending: list[Any] = []  # input events evaluated but not yet acked (acked at the next checkpoint)
+    acking: list[Any] = []  # input events of the checkpoint under way: acked when it is written
     stream_holder: list[Any] = []
-    last_checkpoint = [time.monotonic()]
+    last_checkpoint = [time.monotonic()]  # when the last checkpoint began
+    last_batch = [time.monotonic()]  # when the last batch was evaluated
 
-    async def checkpoint(force: bool = False) -> None:
-        """Write the units changed (materially, see streams/unit_cache.py) since the last
-        checkpoint, then ack their input (lock held). ``force``: every changed unit."""
-        written = cache.flush(force)
-        stream = stream_holder[0] if stream_holder else None
-        if stream is not None:
-            for event in pending:
-                await stream.ack(event)
-        counters["state_writes"] += written
-        counters["state_bucket_writes"] = cache.bucket_writes
-        counters["checkpoints"] += 1
+    def begin_checkpoint(force: bool = False) -> None:
+        """Cut (lock held): the units changed so far are written by the steps that follow, a few
+        hundred units after each batch, so a checkpoint of 10,000 units (~0.3-1 s of JSON and
+        table writes) never holds up the readings behind it; their input is acked at the end."""
+        counters["checkpoint_units_last"] = cache.begin_flush(force)
+        acking.extend(pending)
         pending.clear()
         last_checkpoint[0] = time.monotonic()
+
+    async def checkpoint_step(max_units: int | None) -> None:
+        """Write the next buckets of the checkpoint under way (all: None); at its end ack its input."""
+        started, cpu_started = time.monotonic(), time.thread_time()
+        table_s = cache.table_write_s
+        gc_ms = gc_pauses.pause_ms_total
+        counters["state_writes"] += cache.flush_step(max_units)
+        counters["state_bucket_writes"] = cache.bucket_writes
+        pause_ms = int((time.monotonic() - started) * 1000)
+        counters["checkpoint_pause_ms_max"] = max(counters["checkpoint_pause_ms_max"], pause_ms)
+        if pause_ms >= CHECKPOINT_SLOW_MS:  # readings waited this long: worth a line in the log
+            log.warning(
+                "a checkpoint step held the readings for %d ms (CPU %.0f ms, table writes %.0f ms, "
+                "garbage collection %.0f ms)",
+                pause_ms,
+                (time.thread_time() - cpu_started) * 1000,
+                (cache.table_write_s - table_s) * 1000,
+                gc_pauses.pause_ms_total - gc_ms,
+            )
+        if cache.flushing:
+            return
+        stream = stream_holder[0] if stream_holder else None
+        if stream is not None:
+            for event in acking:
+                await stream.ack(event)
+        acking.clear()
+        counters["checkpoints"] += 1
+        counters["checkpoint_span_ms_last"] = int((time.monotonic() - last_checkpoint[0]) * 1000)
+
+    async def checkpoint(force: bool = False) -> None:
+        """A whole checkpoint at once (lock held): the one under way, then every unit changed
+        since (``force``: every changed unit, materially or not; a rebalance)."""
+        if cache.flushing:
+            await checkpoint_step(None)
+        begin_checkpoint(force)
+        await checkpoint_step(None)
 
     async def evaluate_envelope(env: dict[str, Any], event: Any) -> None:
         device_id = env.get("device_id")
@@ -329,21 +369,34 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
                         envelopes = []
                     for env in envelopes:
                         await evaluate_envelope(env, event)
+                    if envelopes and isinstance(received := envelopes[-1].get("received_ms"), int):
+                        lag_guard.saw(event.message.partition, received)
                     counters["records"] += 1
                 pending.extend(events)
                 for event in events:  # in order within a partition: the last one wins
                     next_offset[(event.message.topic, event.message.partition)] = event.message.offset + 1
                 counters["batches"] += 1
+                last_batch[0] = time.monotonic()
                 health.progress()
-                if time.monotonic() - last_checkpoint[0] >= settings.worker_checkpoint_s:
-                    await checkpoint()
+                if cache.flushing:
+                    await checkpoint_step(settings.worker_checkpoint_step_units)
+                elif time.monotonic() - last_checkpoint[0] >= settings.worker_checkpoint_s:
+                    begin_checkpoint()
+                    await checkpoint_step(settings.worker_checkpoint_step_units)
 
     @app.timer(interval=1.0)
     async def checkpoint_when_quiet() -> None:
-        """Input that stops still gets its state written and its offsets acked."""
-        if pending and time.monotonic() - last_checkpoint[0] >= settings.worker_checkpoint_s:
+        """Input that stops still gets its state written and its offsets acked: the steps of a
+        checkpoint follow batches, so with no batch for a second the rest is written at once
+        (nothing waits behind it), as is a checkpoint that starved for three intervals."""
+        now = time.monotonic()
+        since_begin = now - last_checkpoint[0]
+        quiet = now - last_batch[0] >= QUIET_S
+        if (quiet and (cache.flushing or (pending and since_begin >= settings.worker_checkpoint_s))) or (
+            cache.flushing and since_begin >= 3 * settings.worker_checkpoint_s
+        ):
             async with lock:
-                if pending:
+                if pending or cache.flushing:
                     await checkpoint()
 
     @app.on_partitions_revoked.connect
@@ -399,15 +452,19 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             ticks_in_flight.clear()  # a tick lost to a rebalance must not silence a unit for good
         due_by_partition: dict[int, list[bytes]] = {}
         n_partitions = settings.kafka_partitions
+        behind = lag_guard.behind(now_ms, waiting_by_partition())  # their readings come first
         for device_id, due in list(due_index.items()):
             if due is None or now_ms < due or device_id in ticks_in_flight:
+                continue
+            partition = partitions.get(device_id)
+            if partition is None:
+                partition = partitions[device_id] = partition_of(device_id.encode(), n_partitions)
+            if partition in behind:
+                counters["ticks_deferred_lagging"] += 1
                 continue
             # the state change happens in the agent, where the table has a current event;
             # at most one tick per unit in flight, however long the agent takes to get to it
             ticks_in_flight.add(device_id)
-            partition = partitions.get(device_id)
-            if partition is None:
-                partition = partitions[device_id] = partition_of(device_id.encode(), n_partitions)
             due_by_partition.setdefault(partition, []).append(
                 dumps({"type": "tick", "device_id": device_id, "now_ms": now_ms})
             )
@@ -438,6 +495,17 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             # a partition we have evaluated nothing from yet counts from where it stood then
             pending += max(0, probe.ends[key] - next_offset.setdefault(key, probe.ends[key]))
         return pending
+
+    def waiting_by_partition() -> dict[int, int]:
+        """Records not yet evaluated per assigned input partition (all device topics together)."""
+        probe = probe_holder[0] if probe_holder else None
+        waiting: dict[int, int] = {}
+        if probe is None or not probe.checked_ms:
+            return waiting
+        for key, end in probe.ends.items():
+            if key[0] in input_topics and key in next_offset:
+                waiting[key[1]] = waiting.get(key[1], 0) + max(0, end - next_offset[key])
+        return waiting
 
     def check_stall(pending: int | None) -> bool:
         """True while records wait and no batch completes; ends the process if it lasts."""
@@ -479,7 +547,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         )
         pending = input_pending()
         stalled = check_stall(pending)
-        extra = {"input_pending": pending, "stalled": stalled, **health.snapshot()}
+        extra = {"input_pending": pending, "stalled": stalled, **health.snapshot(), **gc_pauses.snapshot()}
         await pipeline_topic.send(key=b"streams", value=stats_record("streams", dict(counters) | extra))
 
     @app.timer(interval=5.0)

@@ -11,15 +11,25 @@ Tansu answers a fetch that finds no data only when that wait runs out (it is not
 records), so a caught-up worker slept 1.5 s before every next record: the floor of a page's
 latency and the burst-and-stall pattern bench/e2e.py showed. :func:`limit_fetch_wait` sets the
 consumer's wait (aiokafka's ``_fetch_max_wait_ms``, read when the consumer starts).
+
+aiokafka sends the next fetch the moment the last one's records are taken, so a busy worker asked
+Tansu hundreds of times a second for a few records each, and Tansu spends about 0.7 ms plus 0.1 ms
+per partition on every fetch (measured: one idle consumer of 20 partitions at 50 fetches/s cost
+it 13 % of a core). :func:`pace_fetches` makes a fetch to a broker start at least an interval after
+the previous one started (aiokafka's ``Fetcher._proc_fetch_request``); the records of a fetch are
+handed over at once, only the next request waits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from aiokafka.consumer.fetcher import Fetcher
 from faust.streams import _current_event, current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -51,3 +61,27 @@ def limit_fetch_wait(max_wait_ms: int) -> None:
 
     thread_class._sesmon_original_create = original  # type: ignore[attr-defined]
     thread_class._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+def pace_fetches(min_interval_ms: float) -> None:
+    """Every aiokafka fetch in this process starts at least ``min_interval_ms`` after the previous
+    one to the same broker started (0: as soon as the last records are taken, aiokafka's way)."""
+    original = getattr(Fetcher, "_sesmon_original_fetch", None) or Fetcher._proc_fetch_request
+    Fetcher._sesmon_original_fetch = original  # type: ignore[attr-defined]
+    if min_interval_ms <= 0:
+        Fetcher._proc_fetch_request = original  # type: ignore[method-assign]
+        return
+    interval = min_interval_ms / 1000
+
+    async def paced_fetch(self: Any, assignment: Any, node_id: int, request: Any) -> bool:
+        started = time.monotonic()
+        got_records = await original(self, assignment, node_id, request)
+        rest = interval - (time.monotonic() - started)
+        if rest > 0:
+            if got_records:  # hand them over now (what aiokafka does when this task ends)
+                for waiter in self._fetch_waiters:
+                    self._notify(waiter)
+            await asyncio.sleep(rest)  # the node stays "in flight": no next fetch meanwhile
+        return bool(got_records)
+
+    Fetcher._proc_fetch_request = paced_fetch  # type: ignore[method-assign]

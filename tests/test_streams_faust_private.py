@@ -75,3 +75,48 @@ def test_the_worker_consumer_fetch_wait_is_ours() -> None:
         AIOKafkaConsumerThread._sesmon_original_create = original
         limit_fetch_wait(30)
     assert consumer is made and consumer._fetch_max_wait_ms == 30
+
+
+def test_fetches_are_paced_and_their_records_handed_over_at_once() -> None:
+    """aiokafka's fetcher routine (private) is what pace_fetches wraps: a fetch that returns
+    records wakes the waiters at once, and the next fetch cannot start before the interval."""
+    import asyncio
+    import inspect
+    import time
+
+    from aiokafka.consumer.fetcher import Fetcher
+
+    from streams.faust_private import pace_fetches
+
+    assert "_proc_fetch_request" in inspect.getsource(Fetcher._fetch_requests_routine), (
+        "aiokafka's fetcher no longer runs _proc_fetch_request: pace_fetches is void"
+    )
+    assert hasattr(Fetcher, "_notify") and "_fetch_waiters" in inspect.getsource(Fetcher.__init__)
+
+    calls: list[float] = []
+
+    async def fake_fetch(self: object, assignment: object, node_id: int, request: object) -> bool:
+        calls.append(time.monotonic())
+        return True
+
+    original = getattr(Fetcher, "_sesmon_original_fetch", None) or Fetcher._proc_fetch_request
+    Fetcher._sesmon_original_fetch = fake_fetch
+    try:
+        pace_fetches(500)
+
+        async def run() -> float:
+            fetcher = Fetcher.__new__(Fetcher)
+            waiter = asyncio.get_running_loop().create_future()
+            fetcher._fetch_waiters = {waiter}
+            started = time.monotonic()
+            task = asyncio.ensure_future(Fetcher._proc_fetch_request(fetcher, None, 0, None))
+            await waiter
+            assert not task.done(), "the records waited for the pause"  # handed over before it ends
+            assert await task is True
+            return time.monotonic() - started
+
+        assert asyncio.run(run()) >= 0.499 and len(calls) == 1  # the next fetch waits the interval out
+    finally:
+        Fetcher._sesmon_original_fetch = original
+        pace_fetches(0)
+    assert Fetcher._proc_fetch_request is original

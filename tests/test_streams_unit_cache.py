@@ -181,3 +181,45 @@ def test_forgotten_buckets_are_read_back_before_a_write() -> None:
     cache.put("A", state, event)
     cache.flush()
     assert set(table["0/0"]) == {"A", "B", "C"} and table["0/0"]["A"]["mx"] == 9_000
+
+
+def test_a_checkpoint_in_steps_writes_what_changed_before_the_cut_at_its_newest() -> None:
+    """The worker writes a checkpoint a few buckets after each batch: units changed after the cut
+    go out with their newest state when their bucket comes, or wait for the next checkpoint."""
+    table, event = Table(), Event()
+    cache = UnitCache(table, max_age_s=60.0, clock=Clock())
+    ids = [f"E{i}" for i in range(2_000)]
+    states = {device_id: UnitState(device_id, "elevator") for device_id in ids}
+    for device_id, state in states.items():
+        reading_moves_clocks(state, 1_000)
+        cache.put(device_id, state, event)
+    assert cache.begin_flush() == 2_000 and cache.flushing
+    first = cache.flush_step(100)  # whole buckets: at least 100 units, one bucket more at most
+    assert 100 <= first < 100 + 2_000 // DEFAULT_BUCKETS * 2 and len(table.writes) < DEFAULT_BUCKETS
+    done = {d for d in ids if key(d) in table}
+    waiting = [d for d in ids if d not in done]
+    late, rewritten = waiting[0], next(iter(done))
+    reading_moves_clocks(states[late], 5_000)  # changed after the cut, before its bucket's turn
+    cache.put(late, states[late], event)
+    states[rewritten].alerts["elevator.trapped"] = AlertEntry("a1", 5_000, "trapped")  # after its write
+    cache.put(rewritten, states[rewritten], event)
+    written = first
+    while cache.flushing:
+        written += cache.flush_step(100)
+    assert written == 2_000 and len(table.writes) == DEFAULT_BUCKETS  # each bucket once
+    assert stored(table, late)["mx"] == 5_000  # its newest state went with its bucket
+    assert "a" not in stored(table, rewritten) or not stored(table, rewritten)["a"]
+    assert cache.flush() == 1 and "elevator.trapped" in stored(table, rewritten)["a"]  # the next one
+
+
+def test_a_whole_flush_finishes_the_one_under_way_first() -> None:
+    """A rebalance (flush(force=True)) in the middle of a stepped checkpoint writes everything."""
+    table, event = Table(), Event()
+    cache = UnitCache(table, max_age_s=60.0, clock=Clock())
+    for n in range(500):
+        cache.put(f"E{n}", UnitState(f"E{n}", "elevator"), event)
+    cache.begin_flush()
+    written = cache.flush_step(1)
+    cache.put("late", UnitState("late", "elevator"), event)
+    assert written + cache.flush(force=True) == 501 and not cache.flushing
+    assert all(stored(table, d)["d"] == d for d in [*(f"E{n}" for n in range(500)), "late"])
