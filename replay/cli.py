@@ -4,10 +4,13 @@
     sesmon replay --hazard HAZARD_ID --data-dir DIR --out OUT
     sesmon replay --unit DEVICE_ID --from T --to T --data-dir DIR --out OUT
     sesmon replay --district NAME --from T --to T --data-dir DIR --out OUT [--speed N] [--influx-url URL]
+                  [--jobs N]
 
 Reads ``DIR`` (the live data dir, or a demo's state dir ``.sesmon/demo-…``): the archive, the
 catalogue versions, the audit log and the registry; writes only under ``OUT`` (refused inside
-``DIR``) and, with ``--influx-url``, replay_* points tagged ``run``.
+``DIR``) and, with ``--influx-url``, replay_* points tagged ``run``. ``--jobs N`` (default: the
+number of cores) spreads the units of a district over N processes (``replay.parallel``) with the
+same output, byte for byte; one unit, ``--speed`` and small archives run in one process.
 
 Exit status: 0 done; 1 the live audit chain is broken (the report's first line says where);
 2 a request that cannot be answered; 3 the alert or hidden danger asked about was not reproduced.
@@ -105,8 +108,12 @@ def run_replay(
     run_id: str | None = None,
     progress: Any = None,
     archive_dir: Path | None = None,
+    jobs: int | None = None,
 ) -> ReplayRun:
-    """The whole replay: read the archive, re-run, write OUT (and InfluxDB when asked)."""
+    """The whole replay: read the archive, re-run, write OUT (and InfluxDB when asked).
+
+    ``jobs``: worker processes (None: the number of cores, when the archive is big enough to
+    gain from them; 1: in this process)."""
     from .engine import CatalogueSchedule, Replayer
     from .output import write_influx, write_jsonl
     from .report import audit_findings, render_report
@@ -131,22 +138,39 @@ def run_replay(
     if not archive.is_dir():
         raise SelectionError(f"no archive at {archive} (is SESMON_ARCHIVE on for this data dir?)")
     replay_settings = settings.model_copy(update={"data_dir": data_dir})
-    replayer = Replayer(
-        replay_settings,
-        target=target,
-        window=window,
-        registry=registry,
-        catalogues=CatalogueSchedule.load(data_dir),
-        resolver=_receivers(replay_settings, registry),
-        devices=devices,
-        speed=speed,
-        progress=progress,
-    )
-    read = ReadStats()
-    messages = iter_archive(
-        archive, start_ms=window.warmup_ms, end_ms=window.cap_ms, devices=set(devices), stats=read
-    )
-    result = replayer.run(messages)
+    workers = _jobs(jobs, devices, speed, progress, archive, window)
+    if workers > 1:
+        from .parallel import replay_parallel
+
+        parallel = replay_parallel(
+            replay_settings,
+            target=target,
+            window=window,
+            registry=registry,
+            data_dir=data_dir,
+            archive_dir=archive,
+            devices=devices,
+            jobs=workers,
+            resolver=_receivers(replay_settings, registry),
+        )
+        result, read = parallel.result, parallel.read
+    else:
+        replayer = Replayer(
+            replay_settings,
+            target=target,
+            window=window,
+            registry=registry,
+            catalogues=CatalogueSchedule.load(data_dir),
+            resolver=_receivers(replay_settings, registry),
+            devices=devices,
+            speed=speed,
+            progress=progress,
+        )
+        read = ReadStats()
+        messages = iter_archive(
+            archive, start_ms=window.warmup_ms, end_ms=window.cap_ms, devices=set(devices), stats=read
+        )
+        result = replayer.run(messages)
     counts = write_jsonl(result, out_dir)
     change_ids = [p["change_id"] for p in _window_pages(result)]
     alert_ids = {p["alert_id"] for p in _window_pages(result)}
@@ -162,6 +186,31 @@ def run_replay(
         finally:
             writer.close()
     return run
+
+
+def _jobs(
+    jobs: int | None,
+    devices: frozenset[str],
+    speed: float | None,
+    progress: Any,
+    archive: Path,
+    window: Window,
+) -> int:
+    """How many worker processes: never more than units; one when paced (``--speed``) or when the
+    archive is too small for workers to pay for their start (``jobs`` None only)."""
+    from .parallel import MIN_PARALLEL_BYTES, default_jobs
+
+    if speed or progress is not None or len(devices) < 2:
+        return 1
+    if jobs is not None:
+        return max(1, min(jobs, len(devices)))
+    wanted = min(default_jobs(), len(devices))
+    if wanted < 2:
+        return 1
+    from sesmon.contract.archive import partition_bytes
+
+    sizes = partition_bytes(archive, devices, start_ms=window.warmup_ms, end_ms=window.cap_ms)
+    return wanted if sum(sizes.values()) >= MIN_PARALLEL_BYTES else 1
 
 
 def _window_pages(result: ReplayResult) -> list[dict[str, Any]]:
@@ -226,6 +275,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             run_id=args.run,
             progress=_progress if args.speed else None,
             archive_dir=archive_dir,
+            jobs=args.jobs,
         )
     except (SelectionError, LookupError) as exc:
         print(f"sesmon replay: {exc}", file=sys.stderr)
@@ -289,6 +339,13 @@ def register(sub: Any) -> None:
         "--influx-url", default=None, help="also write replay_* points (tag run) to this InfluxDB"
     )
     parser.add_argument("--run", default=None, help="the run tag (default: derived from the request)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes for a district (default: the number of cores; 1: one process; same output)",
+    )
     parser.add_argument(
         "--before", type=float, default=MIN_MARGIN_S, help="seconds before the incident (>= 120)"
     )

@@ -182,6 +182,8 @@ class Replayer:
         self._max_bytes, self._max_depth = settings.max_payload_bytes, settings.max_json_depth
         self.last_status: dict[str, str] = {}
         self.snapshot_at = target.anchor_ms if target.anchor_ms is not None else window.start_ms
+        #: the units the report shows the state of (a district's first 50; None: the units seen)
+        self.snapshot_names = sorted(devices)[:50] if devices is not None else None
         self.snapshot_taken = False
         self._pace_start = (0.0, 0)  # (monotonic, wall) when pacing began
         self._next_progress = 0.0
@@ -200,6 +202,14 @@ class Replayer:
                 advance(received_ms)
             handle(msg)
         result.stats["messages"] = self._messages
+        self.advance(self.final_wall())
+        return self.conclude()
+
+    def final_wall(self) -> int:
+        """Where the clocks and ticks run to once the messages are done (the window's end on the wall).
+
+        Also ends an alert's window at its recovery when the incident was not closed in the span read."""
+        result = self.result
         if result.incident_end_ms is None and self.target.mode == "alert":
             recovered = self._recovered_at()
             if recovered is not None:  # never closed in the span read: the window ends at its recovery
@@ -211,7 +221,11 @@ class Replayer:
         # the end is device time, the wall runs ahead of it by the last seen receive delay
         final = self.window.final_end(result.incident_end_ms)
         delay = self.wall - self.clock.high if self.clock.high is not None else 0
-        self.advance(max(self.wall, final + max(0, delay)))
+        return max(self.wall, final + max(0, delay))
+
+    def conclude(self) -> ReplayResult:
+        """The result once the final wall is reached: snapshot, window end, incidents, notes, counters."""
+        result = self.result
         self._take_snapshot()
         result.end_ms = self.window.final_end(result.incident_end_ms)
         for alert_id, incident in self.loop.open.items():
@@ -248,9 +262,15 @@ class Replayer:
 
         Messages received at the same instant are one batch: the clock is asked once, after them
         (as the alerts stage asks it once per batch of records)."""
-        if wall <= self.wall:
-            return
+        if wall > self.wall:
+            self._advance(wall)
+
+    def _advance(self, wall: int) -> None:
+        """:meth:`advance` once ``wall`` is known to be ahead (replay.parallel's parent calls it
+        after the ticks of this advance, which its workers ran)."""
         ticks, loop = self.ticks, self.loop
+        if ticks and ticks[0][0] <= wall:
+            self._next_tick(wall)  # a streaming unit's stale entry moves on (fires nothing)
         if (not ticks or ticks[0][0] > wall) and loop.next_due() is None:
             self._move(wall)  # the common case: no tick and no clock due before this message
             return
@@ -317,10 +337,14 @@ class Replayer:
         self._next_switch = self.catalogues.next_change(wall)
         engine = self.catalogues.engine_at(wall)
         if engine is not self.engine:
-            self.result.notes.append(
-                f"catalogue {engine.compiled.catalogue_sha} ({engine.version}) took effect at {wall}"
-            )
+            self._switched(engine, wall)
             self.engine = engine
+
+    def _switched(self, engine: RuleEngine, wall: int) -> None:
+        self._note(f"catalogue {engine.compiled.catalogue_sha} ({engine.version}) took effect at {wall}")
+
+    def _note(self, text: str) -> None:
+        self.result.notes.append(text)
 
     def _pace(self, wall: int) -> None:
         """``--speed N``: N times real time, with a progress line."""
@@ -359,9 +383,16 @@ class Replayer:
                 by=msg.publisher or "",
             )
             return
-        env = self._envelope(msg)
+        # the envelope ingest produced for these bytes (the same JSON the worker decodes), the common
+        # device message inline: = orjson.loads(device_envelope(...).value) (test_ingest_fast_envelope)
+        payload = msg.payload_bytes if msg.payload_b64 else msg.payload.encode()
+        env = device_envelope_dict(
+            msg.topic, payload, msg.received_ms, max_bytes=self._max_bytes, max_depth=self._max_depth
+        )
         if env is None:
-            return
+            env = self._envelope(msg.topic, payload, msg)
+            if env is None:
+                return
         typ = env["type"]
         if typ == "dispatch":
             self._dispatch(env)
@@ -370,14 +401,8 @@ class Replayer:
         else:
             self.result.stats["skipped_no_device"] += 1
 
-    def _envelope(self, msg: ArchivedMessage) -> dict[str, Any] | None:
-        """The envelope ingest produced for these bytes (the same JSON the worker decodes)."""
-        topic, payload = msg.topic, msg.payload_bytes
-        env = device_envelope_dict(
-            topic, payload, msg.received_ms, max_bytes=self._max_bytes, max_depth=self._max_depth
-        )
-        if env is not None:
-            return env  # = orjson.loads(device_envelope(...).value) (tests/test_ingest_fast_envelope.py)
+    def _envelope(self, topic: str, payload: bytes, msg: ArchivedMessage) -> dict[str, Any] | None:
+        """The envelope of what the fast path steps aside for: ingest's pydantic path."""
         settings = self.settings
         try:
             canonical_topic, canonical = topic, payload
@@ -393,7 +418,7 @@ class Replayer:
         except BadInput as bad:
             # ingest accepted it then: the schemas changed since, or the archive is not ingest's
             self.result.stats["reparse_failed"] += 1
-            self.result.notes.append(f"archived as valid but fails validation now: {msg.topic}: {bad}")
+            self._note(f"archived as valid but fails validation now: {msg.topic}: {bad}")
             return None
         if canonical_topic != topic:
             env.mqtt_topic = topic
@@ -477,9 +502,10 @@ class Replayer:
             data = hazard.model_dump(mode="json") if hasattr(hazard, "model_dump") else dict(hazard)
             self._hazard(data)
 
-    def _rule_alert(self, alert: Alert, unit: Any) -> None:
+    def _rule_alert(self, alert: Alert, unit: Any, record: dict[str, Any] | None = None) -> None:
         """The rules' alert change, then the alerts stage's ``_on_alert``."""
-        record = alert.model_dump(mode="json")
+        if record is None:
+            record = alert.model_dump(mode="json")
         self.result.rule_alerts.append(record | {"wall": self.wall})
         self._remember_thresholds(alert.rule, unit)
         self._timeline(
@@ -581,9 +607,7 @@ class Replayer:
                     result.incident_end_ms = max(e["at"] for e in incident["timeline"])
 
     def _timeline(self, at: int, source: str, what: str, **fields: Any) -> None:
-        entry = {"at": int(at), "source": source, "what": what}
-        entry.update({k: v for k, v in fields.items() if v is not None and v != ""})
-        self.result.timeline.append(entry)
+        self.result.timeline.append(timeline_entry(at, source, what, fields))
 
     # ------------------------------------------------------------------ the report's context
 
@@ -617,11 +641,18 @@ class Replayer:
             return
         self.snapshot_taken = True
         at = self.snapshot_at
-        names = sorted(self.devices) if self.devices is not None else sorted(self.states)
-        for device_id in names[:50]:  # a district report shows the first 50 units
+        names = self.snapshot_names if self.snapshot_names is not None else sorted(self.states)[:50]
+        for device_id in names:  # a district report shows the first 50 units
             self.result.snapshots[device_id] = unit_snapshot(
                 device_id, self.states.get(device_id), self.registry, at
             )
+
+
+def timeline_entry(at: int, source: str, what: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """One ``timeline.jsonl`` entry: empty fields left out."""
+    entry = {"at": int(at), "source": source, "what": what}
+    entry.update({k: v for k, v in fields.items() if v is not None and v != ""})
+    return entry
 
 
 def unit_snapshot(
@@ -665,4 +696,4 @@ def unit_snapshot(
     return out
 
 
-__all__ = ["CatalogueSchedule", "ReplayResult", "Replayer", "unit_snapshot"]
+__all__ = ["CatalogueSchedule", "ReplayResult", "Replayer", "timeline_entry", "unit_snapshot"]

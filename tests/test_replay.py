@@ -296,6 +296,109 @@ def test_audit_entries_are_verified_and_cited_and_a_broken_chain_leads_the_repor
     assert "AUDIT CHAIN BROKEN" in first and ":4 (seq 3)" in first, first
 
 
+def scripted_district(data: Path) -> list[str]:
+    """A district of five lifts for the parallel replay: passengers trapped in two (one with the
+    firm's dispatch actions, late: both escalate to level 3), a third that falls silent at 12 min
+    (offline by the deadman tick, after its last message, while the others still send), a door
+    left open on a fourth, a dead letter every 10 s from the fifth, whose clock is 40 s fast (timeline
+    entries between which the clocks' decisions must land in the same places, the clocks driven by
+    that unit's device time); several units' readings share a receive
+    millisecond, and a backlog (device time 4:00-5:30 received in one second at 5:30) moves device
+    time ahead of the wall right across the first 5-minute escalation.
+    Returns the alert ids of the two trapped passengers."""
+    units = [f"GZD{n}" for n in range(5)]
+
+    def backlog(received: int, ts: int) -> int:
+        if T + 4 * MIN <= ts < T + 5 * MIN + 30_000:
+            return T + 5 * MIN + 30_300 + (ts - T - 4 * MIN) // 100
+        return received
+
+    write_registry([elevator(u) for u in units], data / "registry.csv")
+    store_catalogue(data, load_catalogue(None), loaded_at_ms=T - 86_400_000)
+    trapped = {units[0]: T + 1000, units[1]: T + 61_000}
+    msgs: list[tuple[int, str, dict[str, Any]]] = []
+    for n, unit in enumerate(units):
+        topic = f"sesmon/v1/elevator/{unit}"
+        last = 12 * 12 if n == 2 else 540  # GZD2 falls silent at 12 min
+        for i in range(-60, last):
+            real = T + i * 5000 + n * 7
+            ts = real + 40_000 if n == 4 else real  # GZD4's clock is 40 s fast
+            opened = trapped.get(unit)
+            inside = opened is not None and opened - 1000 <= ts < T + 33 * MIN
+            door = "closed" if inside or not (n == 3 and 20 * 12 <= i < 30 * 12) else "open"
+            body = {"device_id": unit, "ts": ts, "seq": 1000 + i, "mode": "normal", "moving": False}
+            body |= {"floor": 3 + n, "door": door, "door_zone": True, "occupied": inside}
+            received = real + 300 - n * 7 if n < 3 else real + 250 + (i % 3) * 40  # shared milliseconds
+            msgs.append((backlog(received, real), f"{topic}/telemetry", body))
+            if n == 4 and i % 2 == 0:  # a dead letter (the body names another unit) every 10 s
+                dead = {"device_id": "OTHER", "ts": ts}
+                msgs.append((backlog(real + 900, real), f"{topic}/telemetry", dead))
+        if unit in trapped:
+            event = {"device_id": unit, "ts": trapped[unit], "seq": 5000, "code": "trapped", "state": "occur"}
+            msgs.append((trapped[unit] + 300, f"{topic}/event", event))
+    alert_id = f"{units[0]}.elevator.trapped.{T + 1000}"
+    steps = (("ack", "operator", 1), ("accepted", "firm-F001", 7), ("on_site", "firm-F001", 31))
+    for action, by, minute in steps:
+        ts = T + minute * MIN
+        body = {"alert_id": alert_id, "action": action, "by": by, "ts": ts}
+        msgs.append((ts + 800, f"sesmon/v1/dispatch/{alert_id}", body))
+    msgs.sort(key=lambda m: m[0])
+    files: dict[Path, list[bytes]] = {}
+    for n, (received, mqtt_topic, body) in enumerate(msgs):
+        payload = orjson.dumps(body)
+        dead = body.get("device_id") == "OTHER"
+        line = archive_line(
+            received_ms=received,
+            seq=n,
+            writer="test",
+            topic=mqtt_topic.encode(),
+            payload=payload,
+            verdict="deadletter" if dead else "ok",
+            reason="device_mismatch" if dead else None,
+            ts=body.get("ts"),
+        )
+        partition = message_partition(mqtt_topic.encode(), payload, "ok")
+        path = partition_path(default_archive_dir(data), day_name(received), partition)
+        files.setdefault(path, []).append(line)
+    for path, lines in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip_member(lines))
+    return [alert_id, f"{units[1]}.elevator.trapped.{T + 61_000}"]
+
+
+def test_a_parallel_replay_gives_the_same_bytes_as_one_process(tmp_path: Path) -> None:
+    from replay.window import Target
+
+    data = tmp_path / "data"
+    trapped = scripted_district(data)
+    settings = Settings(data_dir=data)
+    runs = {}
+    for jobs in (1, 2):
+        runs[jobs] = run_replay(
+            settings,
+            Target("district", "天河"),
+            span_window(T - 2 * MIN, T + 45 * MIN, warmup_s=180),
+            data_dir=data,
+            out_dir=tmp_path / f"jobs{jobs}",
+            registry=find_registry(data, None, settings),
+            jobs=jobs,
+        )
+    for name in ("alerts.jsonl", "hazards.jsonl", "timeline.jsonl"):
+        one, two = (tmp_path / "jobs1" / name).read_bytes(), (tmp_path / "jobs2" / name).read_bytes()
+        assert one == two, f"{name} differs between --jobs 1 and --jobs 2"
+    # the scenario is worth comparing: alerts on several units, escalations, a dispatch, offline
+    pages = jsonl(tmp_path / "jobs1" / "alerts.jsonl")
+    assert len({p["device_id"] for p in pages}) >= 3
+    changes = {(p["alert_id"], p["change"]) for p in pages}
+    for alert_id in trapped:
+        assert {(alert_id, "escalation:2"), (alert_id, "sla_breach")} <= changes, alert_id
+    assert (trapped[0], "dispatch:accepted") in changes
+    assert any(p["rule"] == "offline" and p["device_id"] == "GZD2" for p in pages)
+    one, two = runs[1].result, runs[2].result
+    assert one.readings == two.readings and one.snapshots == two.snapshots and one.stats == two.stats
+    assert list(one.signals) == list(two.signals) and one.rule_alerts == two.rule_alerts
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -595,6 +595,7 @@ def iter_archive(
     include_dispatch: bool = True,
     include_reports: bool = True,
     include_unknown: bool | None = None,
+    include_units: bool = True,
     slack_ms: int = DEFAULT_SLACK_MS,
     strict: bool = True,
     stats: ReadStats | None = None,
@@ -606,8 +607,10 @@ def iter_archive(
     time (most dead letters) when it was received within ``[start_ms, end_ms]``. ``devices``
     limits the units (None: every partition); dispatch actions are then those of alerts on these
     units, reports those naming them (or naming no unit). ``include_unknown`` (default: when
-    ``devices`` is None) adds the ``_unknown`` partition. Partition files and journal segments
-    are merged, each message yielded once.
+    ``devices`` is None) adds the ``_unknown`` partition. ``include_units=False`` reads only those
+    special partitions (still filtered by ``devices``): a parallel replay's parent reads them while
+    its workers read the units (``replay.parallel``). Partition files and journal segments are
+    merged, each message yielded once.
 
     ``strict`` (default): a corrupt line raises :class:`ArchiveCorrupt` naming ``file:line``.
     ``strict=False`` skips it, counts it in ``stats.corrupt`` and logs it.
@@ -621,6 +624,8 @@ def iter_archive(
     wanted: set[str] | None = None
     if devices is not None:
         wanted = {device_partition(d) for d in devices}
+    if not include_units:
+        wanted = set()
     extras = {
         name
         for name, on in ((DISPATCH, include_dispatch), (REPORTS, include_reports), (UNKNOWN, include_unknown))
@@ -663,6 +668,30 @@ def iter_archive(
         last = key
         stats.yielded += 1
         yield msg
+
+
+def partition_bytes(
+    archive_dir: Path | str,
+    devices: Iterable[str],
+    *,
+    start_ms: int,
+    end_ms: int,
+    slack_ms: int = DEFAULT_SLACK_MS,
+) -> dict[str, int]:
+    """Compressed bytes of each unit's partition files over the days :func:`iter_archive` would read
+    for this window: a cheap measure of each unit's share of a replay's work (``replay.parallel``)."""
+    archive_dir = Path(archive_dir)
+    days = _days_between(start_ms - slack_ms, end_ms + slack_ms)
+    sizes: dict[str, int] = {}
+    for device_id in devices:
+        total = 0
+        for day in days:
+            try:
+                total += partition_path(archive_dir, day, device_partition(device_id)).stat().st_size
+            except OSError:
+                continue
+        sizes[device_id] = total
+    return sizes
 
 
 # --------------------------------------------------------------------------- days and retention
@@ -740,6 +769,7 @@ __all__ = [
     "journal_lines",
     "journal_segments",
     "message_partition",
+    "partition_bytes",
     "partition_path",
     "prune_archive",
     "read_partition",
