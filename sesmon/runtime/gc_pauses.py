@@ -42,7 +42,8 @@ class GcPauses:
         if took_ms >= self.log_over_ms:
             log.warning(
                 "a garbage collection (generation %s) stopped the stage for %.0f ms",
-                info.get("generation"), took_ms,
+                info.get("generation"),
+                took_ms,
             )
 
     def snapshot(self) -> dict[str, Any]:
