@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -570,9 +570,9 @@ def kafka_census(
     return {"records": records, "envelopes": envelopes, "distinct": len(seen)}
 
 
-def alert_stamps(settings: Settings, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], float]:
-    """(device, opened_at) -> when the worker produced the alert (its first record), in seconds."""
-    found: dict[tuple[str, int], float] = {}
+def alert_records(settings: Settings) -> Iterator[tuple[dict[str, Any], float]]:
+    """Every alert change on the alerts topic with the time (s) the worker produced it, until
+    the topic has been quiet for 2 s."""
     reader = make_reader(settings, ["alerts"])
     try:
         idle_since = time.monotonic()
@@ -581,12 +581,18 @@ def alert_stamps(settings: Settings, wanted: set[tuple[str, int]]) -> dict[tuple
                 if record.error():
                     continue
                 idle_since = time.monotonic()
-                alert = orjson.loads(record.value())
-                key = (alert.get("device_id"), alert.get("opened_at"))
-                if key in wanted and key not in found:
-                    found[key] = record.timestamp()[1] / 1000
+                yield orjson.loads(record.value()), record.timestamp()[1] / 1000
     finally:
         reader.close()
+
+
+def alert_stamps(settings: Settings, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], float]:
+    """(device, opened_at) -> when the worker produced the alert (its first record), in seconds."""
+    found: dict[tuple[str, int], float] = {}
+    for alert, produced in alert_records(settings):
+        key = (alert.get("device_id"), alert.get("opened_at"))
+        if key in wanted and key not in found:
+            found[key] = produced
     return found
 
 
@@ -613,24 +619,14 @@ def explain_missing(settings: Settings, missing: list[Trigger]) -> str:
     devices = {t.device_id for t in missing}
     raised: set[tuple[str, int]] = set()
     other: set[str] = set()
-    reader = make_reader(settings, ["alerts"])
-    try:
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < 2.0:
-            for record in reader.consume(1000, 0.5):
-                if record.error():
-                    continue
-                idle_since = time.monotonic()
-                alert = orjson.loads(record.value())
-                key = (alert.get("device_id"), alert.get("opened_at"))
-                if alert.get("rule") != TRIGGER_RULE or key[0] not in devices:
-                    continue
-                if key in wanted:
-                    raised.add(key)
-                else:
-                    other.add(key[0])
-    finally:
-        reader.close()
+    for alert, _ in alert_records(settings):
+        key = (alert.get("device_id"), alert.get("opened_at"))
+        if alert.get("rule") != TRIGGER_RULE or key[0] not in devices:
+            continue
+        if key in wanted:
+            raised.add(key)
+        else:
+            other.add(key[0])
     examples = ", ".join(f"{t.path} {t.device_id}@{t.ts}" for t in missing[:4])
     return (
         f"{len(missing)} without a page (e.g. {examples}): {len(raised)} raised by the worker "
