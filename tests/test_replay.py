@@ -140,9 +140,14 @@ def scripted_trapped(data: Path, *, accepted_min: float = 7, on_site_min: float 
         body = {"alert_id": TRAPPED_ID, "action": action, "by": by, "ts": ts}
         msgs.append((ts + 800, f"sesmon/v1/dispatch/{TRAPPED_ID}", body))
     msgs.append((T + 2 * MIN, f"{topic}/telemetry", {"device_id": "OTHER", "ts": T}))  # a dead letter
+    write_archive(data, msgs)
+
+
+def write_archive(data: Path, msgs: list[tuple[int, str, dict[str, Any]]]) -> None:
+    """``(received_ms, MQTT topic, body)`` into the data dir's archive as ingest writes it, in
+    receive order; a body of device ``OTHER`` is archived as a dead letter (device_mismatch)."""
     msgs.sort(key=lambda m: m[0])
     files: dict[Path, list[bytes]] = {}
-    archive = default_archive_dir(data)
     for n, (received, mqtt_topic, body) in enumerate(msgs):
         payload = orjson.dumps(body)
         dead = body.get("device_id") == "OTHER"
@@ -157,7 +162,8 @@ def scripted_trapped(data: Path, *, accepted_min: float = 7, on_site_min: float 
             ts=body.get("ts"),
         )
         partition = message_partition(mqtt_topic.encode(), payload, "ok")
-        files.setdefault(partition_path(archive, day_name(received), partition), []).append(line)
+        path = partition_path(default_archive_dir(data), day_name(received), partition)
+        files.setdefault(path, []).append(line)
     for path, lines in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(gzip_member(lines))
@@ -342,27 +348,7 @@ def scripted_district(data: Path) -> list[str]:
         ts = T + minute * MIN
         body = {"alert_id": alert_id, "action": action, "by": by, "ts": ts}
         msgs.append((ts + 800, f"sesmon/v1/dispatch/{alert_id}", body))
-    msgs.sort(key=lambda m: m[0])
-    files: dict[Path, list[bytes]] = {}
-    for n, (received, mqtt_topic, body) in enumerate(msgs):
-        payload = orjson.dumps(body)
-        dead = body.get("device_id") == "OTHER"
-        line = archive_line(
-            received_ms=received,
-            seq=n,
-            writer="test",
-            topic=mqtt_topic.encode(),
-            payload=payload,
-            verdict="deadletter" if dead else "ok",
-            reason="device_mismatch" if dead else None,
-            ts=body.get("ts"),
-        )
-        partition = message_partition(mqtt_topic.encode(), payload, "ok")
-        path = partition_path(default_archive_dir(data), day_name(received), partition)
-        files.setdefault(path, []).append(line)
-    for path, lines in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(gzip_member(lines))
+    write_archive(data, msgs)
     return [alert_id, f"{units[1]}.elevator.trapped.{T + 61_000}"]
 
 
