@@ -601,11 +601,11 @@ def slowest_lines(result: E2EResult, n: int = 5) -> list[str]:
     (worker) -> page (alerts stage and MQTT), from the records' Kafka timestamps."""
     rows = sorted(result.hops, key=lambda h: h[-1] - h[1], reverse=True)[:n]
     lines = [f"  the {len(rows)} slowest pages: publish -> ingest produced -> worker produced -> paged (ms)"]
+
+    def ms(a: float, b: float) -> str:
+        return f"{(b - a) * 1000:7,.0f}" if a and b else "      ?"
+
     for path, sent, ingested, raised, paged in rows:
-
-        def ms(a: float, b: float) -> str:
-            return f"{(b - a) * 1000:7,.0f}" if a and b else "      ?"
-
         lines.append(
             f"    {path:<9} at t={sent - result.t0:5.1f} s: ingest {ms(sent, ingested)}  worker "
             f"{ms(ingested, raised)}  alerts {ms(raised, paged)}  total {ms(sent, paged)}"

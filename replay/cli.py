@@ -138,7 +138,7 @@ def run_replay(
     if not archive.is_dir():
         raise SelectionError(f"no archive at {archive} (is SESMON_ARCHIVE on for this data dir?)")
     replay_settings = settings.model_copy(update={"data_dir": data_dir})
-    workers = _jobs(jobs, devices, speed, progress, archive, window)
+    workers, sizes = _jobs(jobs, devices, speed, progress, archive, window)
     if workers > 1:
         from .parallel import replay_parallel
 
@@ -152,6 +152,7 @@ def run_replay(
             devices=devices,
             jobs=workers,
             resolver=_receivers(replay_settings, registry),
+            sizes=sizes,
         )
         result, read = parallel.result, parallel.read
     else:
@@ -195,22 +196,23 @@ def _jobs(
     progress: Any,
     archive: Path,
     window: Window,
-) -> int:
+) -> tuple[int, dict[str, int] | None]:
     """How many worker processes: never more than units; one when paced (``--speed``) or when the
-    archive is too small for workers to pay for their start (``jobs`` None only)."""
+    archive is too small for workers to pay for their start (``jobs`` None only). With them, the
+    units' archive sizes when they were read for that (the split reuses them)."""
     from .parallel import MIN_PARALLEL_BYTES, default_jobs
 
     if speed or progress is not None or len(devices) < 2:
-        return 1
+        return 1, None
     if jobs is not None:
-        return max(1, min(jobs, len(devices)))
+        return max(1, min(jobs, len(devices))), None
     wanted = min(default_jobs(), len(devices))
     if wanted < 2:
-        return 1
+        return 1, None
     from sesmon.contract.archive import partition_bytes
 
     sizes = partition_bytes(archive, devices, start_ms=window.warmup_ms, end_ms=window.cap_ms)
-    return wanted if sum(sizes.values()) >= MIN_PARALLEL_BYTES else 1
+    return (wanted, sizes) if sum(sizes.values()) >= MIN_PARALLEL_BYTES else (1, None)
 
 
 def _window_pages(result: ReplayResult) -> list[dict[str, Any]]:

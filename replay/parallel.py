@@ -410,8 +410,10 @@ def replay_parallel(
     resolver: Callable[[Incident], list[Receiver]] | None = None,
     keep_signals: bool = True,
     strict: bool = True,
+    sizes: dict[str, int] | None = None,
 ) -> ParallelRun:
-    """The replay of ``devices`` over ``jobs`` worker processes; the result :meth:`Replayer.run` gives."""
+    """The replay of ``devices`` over ``jobs`` worker processes; the result :meth:`Replayer.run` gives.
+    ``sizes``: each unit's archive bytes in the window, when the caller has read them already."""
     parent = SharedReplayer(
         settings,
         target=target,
@@ -422,7 +424,8 @@ def replay_parallel(
         devices=devices,
         keep_signals=keep_signals,
     )
-    sizes = partition_bytes(archive_dir, devices, start_ms=window.warmup_ms, end_ms=window.cap_ms)
+    if sizes is None:
+        sizes = partition_bytes(archive_dir, devices, start_ms=window.warmup_ms, end_ms=window.cap_ms)
     shares = split_units(sizes, jobs)
     names = parent.snapshot_names or []
     ctx = _context()

@@ -409,6 +409,8 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             await checkpoint(force=True)
             cache.clear()
             counters["rebalances"] += 1
+        for tp in revoked or ():  # if one comes back, it counts from where it stands then (not
+            next_offset.pop((tp.topic, tp.partition), None)  # from ours: records waiting for good)
 
     async def rebuild_due_index() -> None:
         """Rebuild the due index from the table (start, new partitions): units that went silent
@@ -452,7 +454,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
             ticks_in_flight.clear()  # a tick lost to a rebalance must not silence a unit for good
         due_by_partition: dict[int, list[bytes]] = {}
         n_partitions = settings.kafka_partitions
-        behind = lag_guard.behind(now_ms, waiting_by_partition())  # their readings come first
+        behind = lag_guard.behind(now_ms, waiting_by_partition() or {})  # their readings come first
         for device_id, due in list(due_index.items()):
             if due is None or now_ms < due or device_id in ticks_in_flight:
                 continue
@@ -478,34 +480,30 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
                     headers=[(GROUP_COUNT_HEADER, str(len(group)).encode())],
                 )
 
-    def input_pending() -> int | None:
-        """Records in our assigned input partitions not yet evaluated (None: Kafka not asked yet)."""
+    def waiting_by_partition() -> dict[int, int] | None:
+        """Records not yet evaluated per assigned input partition, all device topics together
+        (None: Kafka not asked yet, or no assignment to ask about)."""
         probe = probe_holder[0] if probe_holder else None
         if probe is None or not probe.checked_ms:
             return None
-        pending = 0
         try:
             assigned = app.consumer.assignment()
         except Exception:  # no consumer yet (starting, rebalancing)
             return None
+        waiting: dict[int, int] = {}
         for tp in assigned:
             key = (tp.topic, tp.partition)
             if tp.topic not in input_topics or key not in probe.ends:
                 continue
             # a partition we have evaluated nothing from yet counts from where it stood then
-            pending += max(0, probe.ends[key] - next_offset.setdefault(key, probe.ends[key]))
-        return pending
-
-    def waiting_by_partition() -> dict[int, int]:
-        """Records not yet evaluated per assigned input partition (all device topics together)."""
-        probe = probe_holder[0] if probe_holder else None
-        waiting: dict[int, int] = {}
-        if probe is None or not probe.checked_ms:
-            return waiting
-        for key, end in probe.ends.items():
-            if key[0] in input_topics and key in next_offset:
-                waiting[key[1]] = waiting.get(key[1], 0) + max(0, end - next_offset[key])
+            behind = max(0, probe.ends[key] - next_offset.setdefault(key, probe.ends[key]))
+            waiting[tp.partition] = waiting.get(tp.partition, 0) + behind
         return waiting
+
+    def input_pending() -> int | None:
+        """Records in our assigned input partitions not yet evaluated (None: Kafka not asked yet)."""
+        waiting = waiting_by_partition()
+        return None if waiting is None else sum(waiting.values())
 
     def check_stall(pending: int | None) -> bool:
         """True while records wait and no batch completes; ends the process if it lasts."""

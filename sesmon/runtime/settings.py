@@ -82,16 +82,12 @@ class Settings(BaseSettings):
     # units' state is written to the table (and input offsets acked) at most this often; a crash
     # re-evaluates at most this much input from the last commit (alert ids are deterministic)
     worker_checkpoint_s: float = 5.0
-    worker_tick_max_lag_s: float = (
-        10.0  # deadman ticks of a partition wait while the worker is this far behind (0: never)
-    )
+    worker_tick_max_lag_s: float = 10.0  # a partition's deadman ticks wait while this far behind (0: never)
     worker_checkpoint_step_units: int = Field(500, ge=1)  # units a checkpoint writes after each batch
     worker_state_max_age_s: float = 60.0  # a unit changed only in clocks or held values: written this late
     worker_state_buckets: int = Field(64, ge=1)  # table keys per partition: one write each
     worker_fetch_wait_ms: int = 20  # longest a worker fetch waits for data (Tansu always waits it out)
-    worker_fetch_interval_ms: float = (
-        20.0  # a fetch starts this long after the last at the soonest (Tansu's CPU)
-    )
+    worker_fetch_interval_ms: float = 20.0  # a fetch starts this long after the last, at the soonest
     worker_changelog_buffer: int = 20_000  # state writes queued before Faust pauses input (its default: 100)
     # RocksDB per table partition: Faust's defaults (3 x 64 MiB memtables, a 2 GiB block cache)
     # let a worker's memory grow for hours; a unit's state is ~2 KB, these hold a city's
