@@ -151,11 +151,27 @@ def append_member(path: Path, lines: list[bytes], level: int = 1) -> int:
     return len(data)
 
 
-def recover_journals(archive_dir: Path, *, keep: Path | None = None) -> int:
+def known_unit_partition(partition: str, known_device: Callable[[str], Any] | None) -> str:
+    """A dead letter's partition: its unit's only when the registry knows the unit, else ``_unknown``
+    (junk device ids cannot make a file each). The live writer and crash recovery both decide here."""
+    if known_device is None or partition in SPECIAL_PARTITIONS:
+        return partition
+    unit = partition[1:] if partition.startswith("__") else partition  # see device_partition
+    try:
+        known = known_device(unit)
+    except Exception:  # a registry that cannot answer must not stop the archive
+        known = None
+    return partition if known else UNKNOWN
+
+
+def recover_journals(
+    archive_dir: Path, *, keep: Path | None = None, known_device: Callable[[str], Any] | None = None
+) -> int:
     """Fold the journal segments of crashed writers into the partition files; returns lines folded.
 
     A segment whose ``flock`` is held belongs to a live writer and is left alone (``keep``: ours).
     A segment with an unreadable line is renamed ``.bad`` after folding the rest (kept for a human).
+    ``known_device``: as the live writer's, so a dead letter lands in the partition live would give it.
     """
     folded = 0
     for path in journal_segments(archive_dir):
@@ -181,10 +197,10 @@ def recover_journals(archive_dir: Path, *, keep: Path | None = None) -> int:
                         if msg.get("payload_b64")
                         else msg["payload"].encode()
                     )
-                    where = (
-                        day_name(msg["received_ms"]),
-                        message_partition(topic, body, msg["verdict"], msg.get("reason")),
-                    )
+                    partition = message_partition(topic, body, msg["verdict"], msg.get("reason"))
+                    if msg["verdict"] != "ok":
+                        partition = known_unit_partition(partition, known_device)
+                    where = (day_name(msg["received_ms"]), partition)
                 except ValueError:  # pydantic's ValidationError is one
                     log.error("archive: %s:%d is unreadable; the segment is kept as .bad", path, number)
                     bad += 1
@@ -297,7 +313,9 @@ class ArchiveWriter:
             marker.write_bytes(FORMAT_TEXT)
         self._prune()
         self._open_segment()  # before recovery: ours is locked, so it is not taken for a crashed one
-        self.counters["recovered_lines"] += recover_journals(self.archive_dir, keep=self._journal_path)
+        self.counters["recovered_lines"] += recover_journals(
+            self.archive_dir, keep=self._journal_path, known_device=self._known
+        )
         self.thread.start()
         return self
 
@@ -492,15 +510,7 @@ class ArchiveWriter:
         )
         self.counters["dead_letters"] += 1
         partition = message_partition(topic, payload, "deadletter", reason)
-        if self._known is not None and partition not in SPECIAL_PARTITIONS:
-            unit = partition[1:] if partition.startswith("__") else partition  # see device_partition
-            try:
-                known = self._known(unit)
-            except Exception:  # a registry that cannot answer must not stop the archive
-                known = None
-            if not known:
-                partition = UNKNOWN  # junk device ids cannot make a file each
-        return partition, line
+        return known_unit_partition(partition, self._known), line
 
     # ------------------------------------------------------------------ checkpoint thread
     def _run(self) -> None:
@@ -650,4 +660,4 @@ def _device_time(payload: bytes) -> int | None:
     return None
 
 
-__all__ = ["ArchiveWriter", "append_member", "recover_journals", "writer_name"]
+__all__ = ["ArchiveWriter", "append_member", "known_unit_partition", "recover_journals", "writer_name"]

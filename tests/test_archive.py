@@ -370,6 +370,23 @@ def test_crashed_writers_journal_is_read_then_folded_in(tmp_path: Path) -> None:
     assert [m.payload_bytes for m in _everything(archive)][-1] == b"live"
 
 
+def test_crash_recovery_puts_dead_letters_where_the_live_writer_would(tmp_path: Path) -> None:
+    """A dead letter of an unregistered unit goes to ``_unknown`` live; folded in after a crash too."""
+    archive = tmp_path / "archive"
+    registered = {UNIT_A}.__contains__
+    stranger = "GZE9999999"
+    writer = ArchiveWriter(archive, stream_of_topic=STREAMS, flush_s=3600, known_device=registered).start()
+    for i, unit in enumerate((UNIT_A, stranger)):
+        topic = f"sesmon/v1/elevator/{unit}/telemetry".encode()
+        record = FakeRecord("dl", b"", 0, "dead_lettered", T0 + i, "not_json")
+        writer.add(topic, b"{", record)
+    writer.write_pending()
+    writer.abort()  # as kill -9: the lines are only in the journal
+    assert recover_journals(archive, known_device=registered) == 2
+    names = {p.name.split(".")[0] for p in (archive / day_name(T0)).iterdir()}
+    assert names == {UNIT_A, UNKNOWN}
+
+
 # --------------------------------------------------------------------------- a real ingest
 
 NOW = 1_795_299_000_000  # fixed device time: nothing here depends on the clock
