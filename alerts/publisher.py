@@ -76,6 +76,7 @@ from sesmon.contract.registry import Registry, RegistryError
 from sesmon.contract.schemas import Alert, DispatchAction, Receiver
 from sesmon.runtime.health import Health, fatal
 from sesmon.runtime.kafka import ensure_topics, make_consumer, make_producer, stats_record
+from sesmon.runtime.memory_report import start_memory_report
 from sesmon.runtime.retry import Stopping, call_with_retry
 from sesmon.runtime.settings import Settings
 
@@ -105,8 +106,9 @@ MAX_QUEUED = 5000
 AUDIT_SYNC_EVERY_S = 0.5
 #: how often the stats count the open incidents by level (a walk over all of them)
 CENSUS_EVERY_S = 10.0
-#: routing answers kept (an incident's changes at one level page the same people)
-ROUTED_CACHE = 50_000
+#: routing answers kept (an incident's changes at one level page the same people); forgotten all at
+#: once past it. A key holds a unit's place and owners, so at 50,000 a city's worth were ≈2 KB each
+ROUTED_CACHE = 10_000
 #: how often the registry file is looked at for a new version
 REGISTRY_POLL_S = 2.0
 #: longest a (re)connect to the MQTT broker may block the pager
@@ -239,6 +241,7 @@ class AlertPublisher:
             resolver=self._receivers,
             reported_accidents=self.store.accident_keys(),
             lookup=self._lookup,
+            keep_idle=False,  # the store has every incident: only those whose clocks run stay in memory
         )
         self.webhooks = WebhookSender.from_settings(
             settings,
@@ -921,9 +924,10 @@ class AlertPublisher:
         now = self.clock.now()
         if time.monotonic() >= self._next_census:  # a walk over every open incident: not every second
             self._next_census = time.monotonic() + CENSUS_EVERY_S
+            census = self.loop.census()
             self._census = {
-                "open_by_escalation": dict(Counter(f"level_{i.escalation}" for i in self.loop.open.values())),
-                "sla_breaches_open": sum(1 for i in self.loop.open.values() if i.sla_breach),
+                "open_by_escalation": census["by_escalation"],
+                "sla_breaches_open": census["sla_breaches"],
             }
         record = counters | {
             "mqtt_connected": self.connected.is_set(),
@@ -931,7 +935,7 @@ class AlertPublisher:
             "uncommitted_records": pending,
             "changes_queued": queued,
             "incidents": dict(self.loop.counters),
-            "open_incidents": len(self.loop.open),
+            "open_incidents": len(self.loop.open) + len(self.loop.idle),
             **self._census,
             "clock_ms": now,
             "clock_ignored_future": self.clock.ignored_future,
@@ -1062,6 +1066,7 @@ def run(settings: Settings) -> None:
     # calls: with CPython's default 5 ms switch interval a busy main loop kept it up to 5 ms each
     # time; 0.5 ms measured best (0.1 and 2 ms: higher p99, bench/alerts_bench.py)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    start_memory_report("alerts", settings)  # SESMON_TRACEMALLOC=1: what grows (off by default)
     publisher = AlertPublisher(settings).start()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: publisher.stop())

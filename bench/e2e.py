@@ -463,11 +463,25 @@ class ProcessSamples:
         first, last = s[0].rss_kb / 1024, s[-1].rss_kb / 1024
         peak = max(x.rss_kb for x in s) / 1024
         cpu = (s[-1].cpu_s - s[0].cpu_s) / (s[-1].at - s[0].at) * 100
+        middle = min(s, key=lambda x: abs(x.at - (s[0].at + s[-1].at) / 2)).rss_kb / 1024
         return (
             f"{self.label:<10} pid {self.pid:<7} RSS first {first:7.1f} MB  last {last:7.1f} MB  "
-            f"max {peak:7.1f} MB  change {(last - first) / first * 100:+6.1f} %   "
-            f"CPU {cpu:5.1f} % of a core ({len(s)} samples over {s[-1].at - s[0].at:.0f} s)"
+            f"max {peak:7.1f} MB  change {(last - first) / first * 100:+6.1f} % "
+            f"(second half {(last - middle) / middle * 100:+5.1f} %)   "
+            f"CPU {cpu:5.1f} % of a core ({len(s)} samples over {s[-1].at - s[0].at:.0f} s)\n"
+            f"{'':<10} RSS each minute (MB): {self.per_minute()}"
         )
+
+    def per_minute(self) -> str:
+        """RSS at the start and then at each whole minute of the window: whether it levels off."""
+        start, marks, next_at = self.samples[0].at, [], self.samples[0].at
+        for sample in self.samples:
+            if sample.at >= next_at:
+                marks.append(f"{sample.rss_kb / 1024:.0f}")
+                next_at = start + 60 * len(marks)
+        if self.samples[-1].at > start + 60 * (len(marks) - 1) + SAMPLE_EVERY_S:
+            marks.append(f"{self.samples[-1].rss_kb / 1024:.0f} (end)")
+        return " ".join(marks)
 
 
 class Sampler:

@@ -99,6 +99,7 @@ from sesmon.contract.schemas import (
 )
 from sesmon.runtime.health import Health, fatal
 from sesmon.runtime.kafka import dumps, ensure_topics, make_producer, stats_record
+from sesmon.runtime.memory_report import start_memory_report
 from sesmon.runtime.mqtt import connect_async, make_client
 from sesmon.runtime.retry import Stopping, retrying
 from sesmon.runtime.settings import Settings
@@ -451,6 +452,9 @@ class IngestBridge:
             except BadInput as bad:
                 return self._dead_record(raw_topic, payload, bad.reason, bad.detail, received_ms, mid, qos)
             key, stream, value, timestamp = env.key, env.type, dumps(env.model_dump(mode="json")), env.ts
+        # an exact copy (~0.3 µs): orjson's bytes keep its whole buffer, 4 KiB for a 233-byte envelope,
+        # and a record is held until Kafka has it: up to ingest_max_unacked (20,000) of them, 80 MB
+        value = b"%s" % value
         partition = None
         if stream in GROUPED_TYPES:
             partition = self._partitions.get(key)
@@ -1123,6 +1127,7 @@ class IngestBridge:
 
 def run(settings: Settings, registry: Registry | None) -> None:
     """``sesmon ingest``: run until SIGINT/SIGTERM; end with status 70 on a fatal error or a dead thread."""
+    start_memory_report("ingest", settings)  # SESMON_TRACEMALLOC=1: what grows (off by default)
     bridge = IngestBridge(settings, registry).start()
     signalled = StopSignals().install()
     log.info("ingest: %s -> Kafka %s", settings.mqtt_endpoint.url(), settings.kafka_bootstrap)

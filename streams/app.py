@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import threading
 import time
 from collections import Counter
@@ -42,6 +43,7 @@ from sesmon.contract.registry import Registry
 from sesmon.runtime.gc_pauses import GcPauses
 from sesmon.runtime.health import Health, fatal
 from sesmon.runtime.kafka import client_config, dumps, ensure_topics, stats_record
+from sesmon.runtime.memory_report import start_memory_report
 from sesmon.runtime.settings import Settings
 
 from .faust_private import limit_fetch_wait, pace_fetches
@@ -566,6 +568,14 @@ def run(settings: Settings, registry: Registry | None, loglevel: str = "warn") -
     """``sesmon worker``: one Faust worker process; stops on SIGINT/SIGTERM."""
     from faust.worker import Worker
 
+    memory_report = start_memory_report("streams", settings)  # SESMON_TRACEMALLOC=1 (off by default)
     app = create_app(settings, registry)
+    if memory_report is not None:
+
+        @app.task
+        async def memory_report_on_sigusr2() -> None:
+            """mode's worker gives SIGUSR2 to pdb; with the report on it asks for a report instead."""
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, memory_report.request)
+
     worker = Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -111,7 +111,7 @@ def _read_until(
     return found
 
 
-def drain(settings: Settings, streams: list[str], until: Any, timeout: float = 30.0) -> list[Any]:
+def drain(settings: Settings, streams: list[str], until: Any, timeout: float = 90.0) -> list[Any]:
     """Consume ``streams`` from the start until ``until(records)`` is true or time runs out."""
     return _read_until(settings, streams, until, timeout, lambda record, out: out.append(record))
 
@@ -133,7 +133,7 @@ def _add_envelopes(record: Any, out: list[Any]) -> None:
 
 
 def drain_envelopes(
-    settings: Settings, streams: list[str], until: Any, timeout: float = 30.0
+    settings: Settings, streams: list[str], until: Any, timeout: float = 90.0
 ) -> list[Drained]:
     """Like :func:`drain`, flattening grouped records: ``until(envelopes)`` sees every envelope so far."""
     return _read_until(settings, streams, until, timeout, _add_envelopes)

@@ -154,6 +154,11 @@ class Settings(BaseSettings):
 
     # --- pipeline health ---
     stats_every_s: float = 1.0
+    # diagnostics: tracemalloc on, top memory growth logged (sesmon/runtime/memory_report.py)
+    tracemalloc: bool = False
+    tracemalloc_every_s: float = Field(60.0, gt=0)  # a report this often (and on SIGUSR2)
+    tracemalloc_frames: int = Field(1, ge=1)  # frames kept per allocation (> 1: tracebacks, dearer)
+    tracemalloc_trim: bool = False  # malloc_trim(0) before each report: shows what glibc held free
 
     def topic(self, name: str) -> str:
         """Kafka topic name for a logical stream (telemetry, events, status, ...)."""
