@@ -55,7 +55,7 @@ log = logging.getLogger("sesmon.streams")
 DEVICE_STREAMS = ("telemetry", "events", "status", "reports")
 DUE_INDEX_SLICE = 500  # units indexed between two yields to the event loop
 TICKS_PER_RECORD = 500  # deadman ticks grouped in one Kafka record
-QUIET_S = 1.0  # no batch this long: a checkpoint under way is finished at once
+QUIET_S = 1.0  # no batch this long: a checkpoint under way is finished, or one begun, at once
 CHECKPOINT_SLOW_MS = 250  # a checkpoint step this long (readings wait for it) is logged
 
 
@@ -388,13 +388,14 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
 
     @app.timer(interval=1.0)
     async def checkpoint_when_quiet() -> None:
-        """Input that stops still gets its state written and its offsets acked: the steps of a
-        checkpoint follow batches, so with no batch for a second the rest is written at once
-        (nothing waits behind it), as is a checkpoint that starved for three intervals."""
+        """Input that stops gets its state written and its offsets acked at once: with no batch
+        for a second nothing waits behind a checkpoint, so one under way is finished and one is
+        begun for what was evaluated since (the interval bounds a busy worker's writes; an idle
+        one's are few). A checkpoint that starved for three intervals is finished too."""
         now = time.monotonic()
         since_begin = now - last_checkpoint[0]
         quiet = now - last_batch[0] >= QUIET_S
-        if (quiet and (cache.flushing or (pending and since_begin >= settings.worker_checkpoint_s))) or (
+        if (quiet and (cache.flushing or pending)) or (
             cache.flushing and since_begin >= 3 * settings.worker_checkpoint_s
         ):
             async with lock:
