@@ -51,7 +51,7 @@ from sesmon.contract.archive import (
     iter_archive,
     partition_path,
 )
-from sesmon.contract.fast_envelope import device_envelope_dict
+from sesmon.contract.fast_envelope import device_envelope_text
 from sesmon.contract.registry import Registry, write_registry
 from sesmon.runtime.settings import Settings
 
@@ -155,11 +155,11 @@ def parts(data: Path, end_ms: int, runs: int) -> dict[str, float]:
     messages = list(iter_archive(data / "archive", start_ms=T0, end_ms=end_ms))
     count = len(messages)
     read = cpu(lambda: list(iter_archive(data / "archive", start_ms=T0, end_ms=end_ms)))
-    inputs = [(m.topic, m.payload_bytes, m.received_ms) for m in messages]
+    inputs = [(m.topic, m.payload, m.received_ms) for m in messages]  # the archive's text, as the replay
     envelopes: list[Any] = []
 
     def validate() -> None:
-        envelopes[:] = [device_envelope_dict(t, p, r) for t, p, r in inputs]
+        envelopes[:] = [device_envelope_text(t, p, r) for t, p, r in inputs]
 
     envelope = cpu(validate)
     units = {u.device_id: u for u in Registry.load(data / "registry.csv")}

@@ -34,7 +34,7 @@ from rules import RuleEngine
 from rules.catalogue_store import catalogue_for, catalogue_versions
 from rules.state import NO_DUE, UnitState
 from sesmon.contract.archive import ArchivedMessage
-from sesmon.contract.fast_envelope import device_envelope_dict
+from sesmon.contract.fast_envelope import device_envelope_dict, device_envelope_text
 from sesmon.contract.gbt24476 import VENDOR_ROOT
 from sesmon.contract.registry import Registry
 from sesmon.contract.schemas import Alert, BadInput, DispatchAction, Receiver, parse_mqtt
@@ -271,9 +271,17 @@ class Replayer:
         ticks, loop = self.ticks, self.loop
         if ticks and ticks[0][0] <= wall:
             self._next_tick(wall)  # a streaming unit's stale entry moves on (fires nothing)
-        if (not ticks or ticks[0][0] > wall) and loop.next_due() is None:
-            self._move(wall)  # the common case: no tick and no clock due before this message
-            return
+        if not ticks or ticks[0][0] > wall:  # the common case: no tick due before this message
+            due = loop.next_due()
+            if due is None:
+                self._move(wall)
+                return
+            if self._clock_wall(due) > wall:  # nor a clock deadline: the loop below would only end
+                self._move(wall)
+                now = self.clock.now()  # always asked: it moves the clock's floor
+                if now is not None and now >= due:
+                    self._changes(loop.on_clock(now))
+                return
         while True:
             t_tick = INF if not ticks else ticks[0][0]
             if t_tick <= wall:
@@ -308,12 +316,12 @@ class Replayer:
             due = due_of.get(device_id)
             if due == at:
                 return at
-            heapq.heappop(ticks)
             if due is None:
+                heapq.heappop(ticks)
                 del queued[device_id]
-            else:
+            else:  # pop and push in one step (the same entries, so the same order of pops)
                 queued[device_id] = due
-                heapq.heappush(ticks, (due, device_id))
+                heapq.heapreplace(ticks, (due, device_id))
         return INF
 
     def _clock_wall(self, due: int | None) -> int:
@@ -385,12 +393,20 @@ class Replayer:
             return
         # the envelope ingest produced for these bytes (the same JSON the worker decodes), the common
         # device message inline: = orjson.loads(device_envelope(...).value) (test_ingest_fast_envelope)
-        payload = msg.payload_bytes if msg.payload_b64 else msg.payload.encode()
-        env = device_envelope_dict(
-            msg.topic, payload, msg.received_ms, max_bytes=self._max_bytes, max_depth=self._max_depth
-        )
+        if msg.payload_b64:
+            env = device_envelope_dict(
+                msg.topic,
+                msg.payload_bytes,
+                msg.received_ms,
+                max_bytes=self._max_bytes,
+                max_depth=self._max_depth,
+            )
+        else:  # the archived text as it is: no encoding, the topic and the body's key order known
+            env = device_envelope_text(
+                msg.topic, msg.payload, msg.received_ms, max_bytes=self._max_bytes, max_depth=self._max_depth
+            )
         if env is None:
-            env = self._envelope(msg.topic, payload, msg)
+            env = self._envelope(msg.topic, msg.payload_bytes, msg)
             if env is None:
                 return
         typ = env["type"]

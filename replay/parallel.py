@@ -1,6 +1,6 @@
 """A replay over several processes, split by unit, that decides exactly what one process decides.
 
-Why: one Python process replays ~20,000 archived readings per CPU second (archive read, ingest's
+Why: one Python process replays ~24,000 archived readings per CPU second (archive read, ingest's
 validation, the rules); issue 12 asks for 50,000 a second. The rules keep one state per unit and
 units never read each other's state, so the per-unit work (most of it) spreads over processes.
 What units share is the alerts stage's part: the event clock (device time, with the receive time
@@ -16,10 +16,13 @@ only what the shared part can observe, each tagged with its place in the single 
   wall when it was handled (``max(received_ms, warm-up start)``). ``effects`` is the message's
   timeline entries, rule alert changes, hidden-danger changes and notes, in the order it made
   them, then its device time if it raised the *worker's* highest device time; or, for the usual
-  reading, just that device time (an int). A message with none of these is not sent: its only
-  shared effects are the wall passing ``w`` and an ``observe`` below the clock's high, neither of
-  which changes what the parent decides (the next event the parent sees moves the wall past
-  ``w`` before any clock question is asked, with the same clock state);
+  reading, just that device time (an int). Such readings one after another at the same wall are
+  one event (the first one's key, the last one's time): observes at one wall commute, as the
+  clock is asked only when the wall moves on, and the highest is all they leave. A message with
+  none of these is not sent: its only shared effects are the wall passing ``w`` and an
+  ``observe`` below the clock's high, neither of which changes what the parent decides (the next
+  event the parent sees moves the wall past ``w`` before any clock question is asked, with the
+  same clock state);
 - a **tick** event ``[due, flag, device_id, effects]`` for every tick (the single process asks
   the clock after each one). A tick fires in the single process when the wall first passes its
   due: before the messages received at ``due`` (``flag`` 0), or, when it fell due at the very
@@ -188,8 +191,13 @@ class WorkerReplayer(Replayer):
                     fx.append(("o", clock.high))
                 self._fx = []
                 event([self.wall, MESSAGE, received_ms, msg.seq, msg.writer, fx])
-            elif raised:
-                event([self.wall, MESSAGE, received_ms, msg.seq, msg.writer, clock.high])
+            elif raised:  # the usual reading: only its device time
+                events = self._events
+                last = events[-1] if events else None
+                if last is not None and last[0] == self.wall and type(last[-1]) is int and last[1] == MESSAGE:
+                    last[5] = clock.high  # the reading before, at this wall: one observe of the higher
+                else:
+                    event([self.wall, MESSAGE, received_ms, msg.seq, msg.writer, clock.high])
             elif self._force:
                 event([self.wall, MESSAGE, received_ms, msg.seq, msg.writer, []])
             self._force = False

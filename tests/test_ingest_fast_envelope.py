@@ -2,7 +2,8 @@
 
 ``device_envelope`` either returns the envelope bytes ``parse_mqtt`` + ``model_dump`` would
 produce, byte for byte, or None (the bridge then runs ``parse_mqtt``, which accepts or rejects
-with its reason); ``device_envelope_dict`` (the replay's) gives the same envelope as a dict. So
+with its reason); ``device_envelope_dict`` gives the same envelope as a dict, and
+``device_envelope_text`` (the replay's) the same from the payload as text. So
 for every input: fast accepted => slow accepted with the same bytes; fast never rejects by
 itself, hence a rejection always carries the slow path's reason. Hypothesis generates the
 bodies: valid, nearly valid, wrong JSON types (bools for ints, floats for ints, ints for
@@ -24,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import field_validator
 
-from sesmon.contract.fast_envelope import SPECS, device_envelope, device_envelope_dict
+from sesmon.contract.fast_envelope import SPECS, device_envelope, device_envelope_dict, device_envelope_text
 from sesmon.contract.schemas import (
     EVENT_CODES,
     MODE_CODES,
@@ -60,6 +61,11 @@ def assert_same(topic: str, payload: bytes, received_ms: int = TS + 5, **kwargs:
     kwargs.setdefault("known_device", REGISTRY.get)
     fast = device_envelope(topic, payload, received_ms, **kwargs)
     as_dict = device_envelope_dict(topic, payload, received_ms, **kwargs)  # the replay's: same decision
+    try:  # the replay's on archived text (valid UTF-8 only: other payloads are archived as base64)
+        as_text = device_envelope_text(topic, payload.decode(), received_ms, **kwargs)
+    except UnicodeDecodeError:
+        as_text = as_dict
+    assert (as_text is None) == (as_dict is None) and dumps(as_text) == dumps(as_dict), (topic, payload)
     outcome, result = slow(topic, payload, received_ms, **kwargs)
     if fast is None:
         assert as_dict is None, f"the dict path took what the bytes path did not: {topic} {payload!r}"

@@ -391,3 +391,196 @@ def device_envelope_dict(
         "publisher": None,
     }
     return envelope
+
+
+# --------------------------------------------------------------------------- the replay's path
+
+#: bounds of the caches below: a replay of a city meets ~3 topics per unit and a handful of body
+#: shapes per kind; anything past these is judged the general way (nothing grows without end)
+_MAX_TOPICS = 1 << 16
+_MAX_SHAPES = 64
+#: (spec's type, spec's kind) -> body key order -> a judge compiled for that order
+_SHAPES: dict[tuple[str, str], dict[tuple[str, ...], Judge]] = {}
+#: topic -> (spec, device_id, the spec's judges by key order), or None: not a device topic the
+#: fast path takes
+_TOPICS: dict[str, tuple[_Spec, str, dict[tuple[str, ...], Judge]] | None] = {}
+
+
+def _topic_spec(topic: str) -> tuple[_Spec, str, dict[tuple[str, ...], Judge]] | None:
+    """The spec and device id of a device topic (the checks of :func:`device_envelope_dict`)."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != _TOPIC_HEAD[0] or parts[1] != _TOPIC_HEAD[1]:
+        return None
+    spec = SPECS.get((parts[2], parts[4]))
+    return None if spec is None else (spec, parts[3], _SHAPES.setdefault((spec.type, spec.kind), {}))
+
+
+def _compile_shape(spec: _Spec, shape: tuple[str, ...]) -> Judge:
+    """A judge for bodies whose keys come in exactly the order ``shape`` (all the model's fields).
+
+    Why: ``spec.judge`` reads and checks field by field; here the values are unpacked in one step
+    and checked by one condition that holds only for plainly valid values, and the body is built
+    in the model's field order in one step. Whatever fails the condition (a null, an int in a float
+    field past 2**53, a numeric code that is not one, a bound) goes to ``spec.judge``, which
+    decides: the verdicts and bodies are its own by construction.
+    """
+    fields = _fields_of(_model_of(spec))
+    by_name = {f.name: (i, f) for i, f in enumerate(fields)}
+    env: dict[str, Any] = {"_DEVICE_ID": _DEVICE_ID.fullmatch, "_general": spec.judge}
+    env.update(MIN_TS_MS=MIN_TS_MS, MAX_TS_MS=MAX_TS_MS)
+    code = ["def judge(data):"]
+    if any(field.required and field.name not in shape for field in fields):
+        code.append("    return None")  # a required field is missing: refused whatever the values
+    else:
+        names = [f"v{by_name[name][0]}" for name in shape]
+        tests, converts = [], []
+        for name in shape:
+            i, field = by_name[name]
+            test, convert = _plain(field, i, env)
+            tests.append(f"({test})")
+            converts += convert
+        code.append(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = data.values()")
+        code += ["    if not (", *(f"        {test} and" for test in tests), "        True", "    ):"]
+        code.append("        return _general(data)")
+        code += [f"    {line}" for line in converts]
+        items = []
+        for i, field in enumerate(fields):
+            if field.name in shape:
+                items.append(f"{field.name!r}: v{i}")
+            elif field.default is not None:
+                env[f"default_{i}"] = field.default
+                items.append(f"{field.name!r}: default_{i}()")
+        nested = any(by_name[name][1].kind == "dict" for name in shape)
+        code.append(f"    return {{{', '.join(items)}}}, {len(shape)}, {nested}")
+    exec("\n".join(code), env)  # generated from the models' own field table only
+    return env["judge"]  # type: ignore[no-any-return]
+
+
+def _plain(field: _Field, i: int, env: dict[str, Any]) -> tuple[str, list[str]]:
+    """(a test that holds only for a value ``_checks`` takes, lines that leave in ``v{i}`` the
+    value it writes). A test may be stricter than ``_checks``: what it refuses goes the general way."""
+    v, kind = f"v{i}", field.kind
+    bounds = []
+    if field.low is not None:
+        bounds.append(f"{field.low!r} <= {v}")
+    if field.high is not None:
+        bounds.append(f"{v} <= {field.high!r}")
+    bounded = "".join(f" and {b}" for b in bounds)
+    if kind in ("bool", "str", "dict"):
+        return f"type({v}) is {kind}", []
+    if kind == "epoch_ms":
+        return f"type({v}) is int and MIN_TS_MS <= {v} <= MAX_TS_MS", []
+    if kind == "device_id":
+        return f"type({v}) is str and _DEVICE_ID({v}) is not None", []
+    if kind == "int":
+        return f"type({v}) is int{bounded}", []
+    if kind == "float":  # an int up to 2**53 compares with the bounds exactly as its float does
+        plain = f"(type({v}) is float or (type({v}) is int and -9007199254740992 <= {v} <= 9007199254740992))"
+        return plain + bounded, [f"if type({v}) is int:", f"    {v} = float({v})"]
+    env[f"allowed_{i}"] = field.allowed
+    if kind == "literal":
+        return f"type({v}) is str and {v} in allowed_{i}", []
+    assert kind == "enum", kind
+    env[f"codes_{i}"] = field.codes or {}
+    test = f"(type({v}) is str and {v} in allowed_{i}) or (type({v}) is int and {v} in codes_{i})"
+    return test, [f"if type({v}) is int:", f"    {v} = codes_{i}[{v}]"]
+
+
+def _model_of(spec: _Spec) -> type[BaseModel]:
+    model = _LEAVES[spec.type][1]
+    return model if model is not None else TELEMETRY_MODELS[Kind(spec.kind)]
+
+
+def _shape_judge(spec: _Spec, data: dict[str, Any]) -> Judge:
+    """The judge for this body's key order: compiled once per order, the general one past the bound
+    or when the body has a key the model does not (extra fields keep their place after the model's)."""
+    shapes = _SHAPES.setdefault((spec.type, spec.kind), {})
+    shape = tuple(data)
+    judge = shapes.get(shape)
+    if judge is None:
+        if len(shapes) >= _MAX_SHAPES or not spec.names.issuperset(shape):
+            return spec.judge
+        judge = shapes[shape] = _compile_shape(spec, shape)
+    return judge
+
+
+def device_envelope_text(
+    topic: str,
+    payload: str,
+    received_ms: int,
+    *,
+    known_device: Callable[[str], Any] | None = None,
+    max_bytes: int = 64 * 1024,
+    max_depth: int = 32,
+) -> dict[str, Any] | None:
+    """:func:`device_envelope_dict` of ``payload.encode()``, for a payload held as text (the archive's).
+
+    Why: the replay reads every archived payload as text; encoding it, splitting its topic and
+    judging its body field by field cost ~40 % of its validation. Here an ASCII payload is parsed
+    as text (its length and brackets are the same in bytes), a topic's spec is looked up once, and
+    the body is judged by a judge compiled for its key order. Anything else (non-ASCII text) takes
+    :func:`device_envelope_dict` itself. ``tests/test_ingest_fast_envelope.py`` checks both agree.
+    """
+    if not payload.isascii():
+        return device_envelope_dict(
+            topic,
+            payload.encode(),
+            received_ms,
+            known_device=known_device,
+            max_bytes=max_bytes,
+            max_depth=max_depth,
+        )
+    if len(payload) > max_bytes or type(received_ms) is not int:
+        return None
+    try:
+        found = _TOPICS[topic]
+    except KeyError:
+        if len(_TOPICS) >= _MAX_TOPICS:
+            _TOPICS.clear()
+        found = _TOPICS[topic] = _topic_spec(topic)
+    if found is None:
+        return None
+    spec, device_id, shapes = found
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict or data.get("device_id") != device_id:
+        return None
+    judge = shapes.get(tuple(data))
+    if judge is None:
+        judge = _shape_judge(spec, data)
+    judged = judge(data)
+    if judged is None:
+        return None
+    body, present, nested = judged
+    if present != len(data):  # extra fields: kept as they came, after the model's own, nulls left out
+        names = spec.names
+        for name, value in data.items():
+            if name in names or value is None:
+                continue
+            if type(value) is dict or type(value) is list:
+                nested = True
+            body[name] = value
+    limit = min(max_depth, JSON_DEPTH_CEILING)
+    nested = nested or "[" in payload or payload.count("{") != 1
+    if (nested or limit < 1) and json_depth_exceeds(payload.encode(), limit):
+        return None
+    if spec.codes is not None and body["code"] not in spec.codes:
+        return None
+    kind = spec.kind
+    if known_device is not None and known_device(device_id) != kind:
+        return None
+    return {
+        "type": spec.type,
+        "kind": kind,
+        "device_id": device_id,
+        "report": None,
+        "alert_id": None,
+        "mqtt_topic": topic,
+        "received_ms": received_ms,
+        "ts": body["ts"],
+        "seq": body["seq"],
+        "body": body,
+        "publisher": None,
+    }
