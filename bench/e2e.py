@@ -27,10 +27,13 @@ One run prints (and ends with a summary block of the numbers):
 
 ``--workers N`` runs N workers in the pipeline too; ``--ingests N`` runs N ingest processes with
 ``SESMON_INGEST_SHARED_GROUP=sesmon`` (MQTT shared subscription) and distinct client ids.
+``--publishers N`` splits the fleet over N publisher processes (each a paho client as the
+yardstick's): flat out, one client on a busy 2-core machine sets the pace, not the pipeline.
 
 Usage:
   python bench/e2e.py [--duration 60] [--rate R | --rate-fraction 0.4] [--units 10000]
-                      [--autosave-changes 0] [--workers 1] [--ingests 1] [--triggers-per-s 5]
+                      [--autosave-changes 0] [--workers 1] [--ingests 1] [--publishers 1]
+                      [--triggers-per-s 5]
   python bench/e2e.py --worker-only [--readings 400000] [--group 100] [--workers 1,2]
 
 Stages' logs and state stay in the directory printed at the end.
@@ -303,16 +306,23 @@ class Fleet:
         self.sent = [0] * len(lifts)  # messages sent per unit; the next seq is sent + 1
         self.recover: set[int] = set()  # units whose last message was a trigger event
         self.triggered: set[int] = set()
-        self.next = 0
+        self.order = list(range(len(self.ids)))  # the units this process publishes, in turn
+        self.at = 0
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def share(self, index: int, of: int) -> None:
+        """From now on, only the units ``index``, ``index + of``, ...: publisher processes forked
+        with a copy of this fleet each take their own units, so no unit's ``seq`` is sent twice."""
+        self.order = list(range(index, len(self.ids), of))
+        self.at = 0
+
     def message(self, ts: int, trigger: str | None = None) -> tuple[str, bytes, Trigger | None]:
         """The next unit's next message at device time ``ts``; a trigger of path ``trigger``
         when this unit can take one (else a plain reading: the caller asks again)."""
-        n = self.next
-        self.next = (n + 1) % len(self.ids)
+        n = self.order[self.at]
+        self.at = (self.at + 1) % len(self.order)
         device, k = self.ids[n], self.sent[n]
         self.sent[n] = k + 1
         head: dict[str, Any] = {"device_id": device, "ts": ts, "seq": k + 1}
@@ -740,6 +750,56 @@ def wait_drained(stats: StatsReader, published: int, pipeline: Pipeline, stall_s
         time.sleep(0.1)
 
 
+def _extra_publisher(
+    port: int, fleet: Fleet, index: int, of: int, until: float, counter: Any, done: Any
+) -> None:
+    """A forked publisher process: its share of the units, flat out until ``until`` (wall time)."""
+    fleet.share(index, of)
+    pub = Publisher(port, f"bench-devices-{index}")
+    while (now := time.time()) < until:
+        topic, payload, _ = fleet.message(int(now * 1000))
+        pub.publish(topic, payload)
+        if pub.count % 100 == 0:
+            with counter.get_lock():
+                counter.value += 100
+    pub.flush()
+    done.put(pub.count)
+    pub.close()
+
+
+class ExtraPublishers:
+    """``--publishers N``: N - 1 more publisher processes beside the main one, forked with a copy
+    of the warmed-up fleet, so the load is not one paho client's (20 messages in flight, and a
+    thread that waits its turn on a busy machine) but several, as a fleet's terminals are."""
+
+    def __init__(self, port: int, fleet: Fleet, of: int, duration: float) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.counter, self.done = ctx.Value("q", 0), ctx.Queue()
+        until = time.time() + duration
+        self.procs = [
+            ctx.Process(
+                target=_extra_publisher,
+                args=(port, fleet, index, of, until, self.counter, self.done),
+                daemon=True,
+            )
+            for index in range(1, of)
+        ]
+        for proc in self.procs:
+            proc.start()
+
+    @property
+    def published(self) -> int:
+        """Roughly (in hundreds) what the extra publishers sent so far: the progress lines."""
+        return int(self.counter.value)
+
+    def join(self) -> int:
+        """Every extra publisher flushed (each PUBACK in): what they published in all."""
+        total = sum(self.done.get(timeout=300) for _ in self.procs)
+        for proc in self.procs:
+            proc.join(30)
+        return total
+
+
 def publish_window(
     pub: Publisher,
     fleet: Fleet,
@@ -748,10 +808,14 @@ def publish_window(
     rate: float,
     triggers_per_s: float,
     sampler: Sampler,
+    extra: ExtraPublishers | None = None,
 ) -> tuple[list[Trigger], float, float]:
     """Publish for ``duration`` s (paced at ``rate``/s, or flat out), a trigger every
-    1/``triggers_per_s`` s alternating event and telemetry; a timeline line every 5 s."""
+    1/``triggers_per_s`` s alternating event and telemetry; a timeline line every 5 s.
+    ``extra``: publisher processes sending their units' readings flat out meanwhile."""
     triggers: list[Trigger] = []
+    extra_count = (lambda: extra.published) if extra is not None else (lambda: 0)
+    line_extra = 0
     paths = ("event", "telemetry")
     t0 = time.time()
     next_trigger, next_line = t0 + 1.0 / triggers_per_s, t0 + SAMPLE_EVERY_S
@@ -779,13 +843,15 @@ def publish_window(
             received = stats.total(INGEST_RECEIVED)
             done = stats.total(EVALUATED) + stats.total(DEAD_LETTERED)
             rss = sum(p.samples[-1].rss_kb for p in sampler.procs if p.samples) / 1024
+            others = extra_count()
             log(
-                f"  t={now - t0:4.0f} s  published {(sent - line_sent) / SAMPLE_EVERY_S:7,.0f}/s  "
+                f"  t={now - t0:4.0f} s  published "
+                f"{(sent + others - line_sent - line_extra) / SAMPLE_EVERY_S:7,.0f}/s  "
                 f"ingested {(received - line_received) / SAMPLE_EVERY_S:7,.0f}/s  "
-                f"evaluated {(done - line_done) / SAMPLE_EVERY_S:7,.0f}/s  backlog {pub.count - done:8,}  "
-                f"stages' RSS {rss:,.0f} MB"
+                f"evaluated {(done - line_done) / SAMPLE_EVERY_S:7,.0f}/s  "
+                f"backlog {pub.count + others - done:8,}  stages' RSS {rss:,.0f} MB"
             )
-            line_sent, line_received, line_done = sent, received, done
+            line_sent, line_received, line_done, line_extra = sent, received, done, others
             next_line += SAMPLE_EVERY_S
     pub.flush()
     return triggers, t0, time.time()
@@ -830,12 +896,19 @@ def measure_e2e(
 
         sampler = Sampler(pipeline.pids()).start()
         before = pub.count
+        extra = None
+        if args.publishers > 1:  # forked now: a copy of the warmed-up fleet, each its own units
+            extra = ExtraPublishers(mqtt_port, fleet, args.publishers, args.duration)
+            fleet.share(0, args.publishers)
         triggers, t0, t_end = publish_window(
-            pub, fleet, stats, args.duration, rate, args.triggers_per_s, sampler
+            pub, fleet, stats, args.duration, rate, args.triggers_per_s, sampler, extra
         )
-        result.measured, result.window_s, result.published = pub.count - before, t_end - t0, pub.count
+        extra_published = extra.join() if extra is not None else 0
+        t_end = max(t_end, time.time()) if extra is not None else t_end  # their last PUBACK
+        published = pub.count + extra_published
+        result.measured, result.window_s, result.published = published - before, t_end - t0, published
         log(f"published {result.measured:,} in {result.window_s:.1f} s; waiting until all are evaluated")
-        result.drained = wait_drained(stats, pub.count, pipeline)
+        result.drained = wait_drained(stats, published, pipeline)
         t_done = max((s["at"] / 1000 for s in stats.records("streams")), default=time.time())
         sampler.stop()
         result.processes = sampler.procs
@@ -1099,6 +1172,8 @@ def end_to_end(
             "warning: mosquitto queues at most 1,000,000 messages for the ingest session "
             "(max_queued_messages); a backlog beyond that is dropped by the broker and shows as loss"
         )
+    if args.publishers > 1:
+        pacing += f", {args.publishers} publisher processes"
     log(
         f"end to end, {pacing}, for {args.duration:.0f} s: {args.units:,} units, "
         f"{args.workers[0]} worker(s), {args.ingests} ingest(s)"
@@ -1183,6 +1258,13 @@ def main() -> None:
     parser.add_argument("--autosave-interval-s", type=int, default=30)
     parser.add_argument("--workers", default="1", help="worker processes; a list (1,2) with --worker-only")
     parser.add_argument("--ingests", type=int, default=1, help="ingest processes (MQTT shared subscription)")
+    parser.add_argument(
+        "--publishers",
+        type=int,
+        default=1,
+        help="fleet publisher processes (each a paho client as the yardstick's, its own units); "
+        "the extra ones publish flat out, --rate paces the first one only",
+    )
     parser.add_argument(
         "--triggers-per-s", type=float, default=5.0, help="P1 triggers per second, both paths"
     )
