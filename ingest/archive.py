@@ -79,6 +79,7 @@ from sesmon.contract.archive import (
     prune_archive,
 )
 from sesmon.contract.time import local_date
+from sesmon.runtime.kafka import exact_bytes
 from sesmon.runtime.retry import Stopping, call_with_retry
 
 log = logging.getLogger("sesmon.ingest.archive")
@@ -473,7 +474,7 @@ class ArchiveWriter:
                 reason="internal_error",
                 detail=f"archive: {type(exc).__name__}: {exc}"[:1000],
             )
-        self._buffer(day, partition).append(b"%s" % line)  # a copy of its size (see _buffers)
+        self._buffer(day, partition).append(exact_bytes(line))  # kept until the checkpoint (see _buffers)
         return line
 
     def _format(self, seq: int, topic: bytes, payload: bytes, record: Archivable) -> tuple[str, bytes]:

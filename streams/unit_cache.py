@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 from rules.state import UnitState, load
+from sesmon.runtime.kafka import exact_bytes
 
 from .faust_private import as_current_event
 
@@ -79,13 +80,6 @@ class _PartitionMessage:
     topic: str
     partition: int
     tp: Any
-
-
-def exact_bytes(data: bytes) -> bytes:
-    """A copy of ``data`` that owns only its length: a bytes object from ``orjson.dumps`` keeps
-    orjson's whole output buffer (a 650-byte state held 8 KiB, a 3 KB one 24 KiB), and the cache
-    keeps one per unit for good: 10,000 units held ≈140 MB more than their JSON (bench/e2e.py)."""
-    return b"%s" % data
 
 
 #: buckets per input partition (a bucket's value holds ~units/(partitions × buckets) states)

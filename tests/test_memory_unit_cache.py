@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 
 from rules.state import UnitState
-from streams.unit_cache import UnitCache, exact_bytes
+from sesmon.runtime.kafka import exact_bytes
+from streams.unit_cache import UnitCache
 
 
 class Message:

