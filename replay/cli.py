@@ -31,6 +31,7 @@ from sesmon.runtime.settings import Settings
 
 from .window import (
     MIN_MARGIN_S,
+    PLOTTED_UNITS,
     SelectionError,
     Target,
     Window,
@@ -43,7 +44,7 @@ from .window import (
 
 if TYPE_CHECKING:  # the engine, the report (matplotlib) and InfluxDB load only when a replay runs:
     # every stage builds the `sesmon` parser, and matplotlib alone took ~1 s of each start
-    from .engine import ReplayResult
+    from .engine import Replayer, ReplayResult
 
 
 @dataclass
@@ -139,6 +140,8 @@ def run_replay(
         raise SelectionError(f"no archive at {archive} (is SESMON_ARCHIVE on for this data dir?)")
     replay_settings = settings.model_copy(update={"data_dir": data_dir})
     workers, sizes = _jobs(jobs, devices, speed, progress, archive, window)
+    # every unit's samples only for the replay board; the report plots three, read again at the end
+    keep_signals = influx_url is not None or len(devices) <= PLOTTED_UNITS
     if workers > 1:
         from .parallel import replay_parallel
 
@@ -152,9 +155,10 @@ def run_replay(
             devices=devices,
             jobs=workers,
             resolver=_receivers(replay_settings, registry),
+            keep_signals=keep_signals,
             sizes=sizes,
         )
-        result, read = parallel.result, parallel.read
+        result, read, replayer = parallel.result, parallel.read, parallel.parent
     else:
         replayer = Replayer(
             replay_settings,
@@ -166,12 +170,15 @@ def run_replay(
             devices=devices,
             speed=speed,
             progress=progress,
+            keep_signals=keep_signals,
         )
         read = ReadStats()
         messages = iter_archive(
             archive, start_ms=window.warmup_ms, end_ms=window.cap_ms, devices=set(devices), stats=read
         )
         result = replayer.run(messages)
+    if not keep_signals:
+        result.signals = _plotted_signals(replayer, archive, window, devices)
     counts = write_jsonl(result, out_dir)
     change_ids = [p["change_id"] for p in _window_pages(result)]
     alert_ids = {p["alert_id"] for p in _window_pages(result)}
@@ -187,6 +194,37 @@ def run_replay(
         finally:
             writer.close()
     return run
+
+
+def _plotted_signals(
+    replayer: Replayer, archive: Path, window: Window, devices: frozenset[str]
+) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """The samples of the units the report plots (``report.plot_devices``: the first three, by
+    device id, with a rule alert and telemetry in the window, else the first three with telemetry),
+    each unit's archive read a second time (``Replayer.signals_of``)."""
+    result = replayer.result
+    signals: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    with_alerts = sorted({a["device_id"] for a in result.rule_alerts if a["device_id"] in devices})
+    for candidates in (with_alerts, sorted(devices)):
+        for device in candidates:
+            if len(signals) == PLOTTED_UNITS:
+                return signals
+            samples = replayer.signals_of(
+                iter_archive(
+                    archive,
+                    start_ms=window.warmup_ms,
+                    end_ms=window.cap_ms,
+                    devices={device},
+                    include_dispatch=False,
+                    include_reports=False,
+                    include_unknown=False,
+                )
+            )
+            if samples:
+                signals[device] = samples
+        if signals:
+            break
+    return signals
 
 
 def _jobs(

@@ -391,8 +391,21 @@ class Replayer:
                 by=msg.publisher or "",
             )
             return
-        # the envelope ingest produced for these bytes (the same JSON the worker decodes), the common
-        # device message inline: = orjson.loads(device_envelope(...).value) (test_ingest_fast_envelope)
+        env = self._parse(msg)
+        if env is None:
+            return
+        typ = env["type"]
+        if typ == "dispatch":
+            self._dispatch(env)
+        elif env.get("device_id"):
+            self._device(env)
+        else:
+            self.result.stats["skipped_no_device"] += 1
+
+    def _parse(self, msg: ArchivedMessage, quiet: bool = False) -> dict[str, Any] | None:
+        """The envelope ingest produced for a valid message's bytes (the same JSON the worker decodes);
+        None when it fails validation now (noted, unless ``quiet``)."""
+        # the common device message: = orjson.loads(device_envelope(...).value) (test_ingest_fast_envelope)
         if msg.payload_b64:
             env = device_envelope_dict(
                 msg.topic,
@@ -405,19 +418,26 @@ class Replayer:
             env = device_envelope_text(
                 msg.topic, msg.payload, msg.received_ms, max_bytes=self._max_bytes, max_depth=self._max_depth
             )
-        if env is None:
-            env = self._envelope(msg.topic, msg.payload_bytes, msg)
-            if env is None:
-                return
-        typ = env["type"]
-        if typ == "dispatch":
-            self._dispatch(env)
-        elif env.get("device_id"):
-            self._device(env)
-        else:
-            self.result.stats["skipped_no_device"] += 1
+        return env if env is not None else self._envelope(msg.topic, msg.payload_bytes, msg, quiet)
 
-    def _envelope(self, topic: str, payload: bytes, msg: ArchivedMessage) -> dict[str, Any] | None:
+    def signals_of(self, messages: Iterable[ArchivedMessage]) -> list[tuple[int, dict[str, Any]]]:
+        """A unit's plotted samples, ``(ts, body)`` of its telemetry in the window, from a second read
+        of its archive: what :meth:`_device` keeps with ``keep_signals``, without holding every unit's
+        samples through a district's run (the report plots three units; a day of a district is
+        millions of readings)."""
+        start = self.window.start_ms
+        samples = []
+        for msg in messages:
+            if msg.verdict != "ok":
+                continue
+            env = self._parse(msg, quiet=True)
+            if env is not None and env["type"] == "telemetry" and env.get("device_id") and env["ts"] >= start:
+                samples.append((env["ts"], env["body"]))
+        return samples
+
+    def _envelope(
+        self, topic: str, payload: bytes, msg: ArchivedMessage, quiet: bool = False
+    ) -> dict[str, Any] | None:
         """The envelope of what the fast path steps aside for: ingest's pydantic path."""
         settings = self.settings
         try:
@@ -433,8 +453,9 @@ class Replayer:
             )
         except BadInput as bad:
             # ingest accepted it then: the schemas changed since, or the archive is not ingest's
-            self.result.stats["reparse_failed"] += 1
-            self._note(f"archived as valid but fails validation now: {msg.topic}: {bad}")
+            if not quiet:
+                self.result.stats["reparse_failed"] += 1
+                self._note(f"archived as valid but fails validation now: {msg.topic}: {bad}")
             return None
         if canonical_topic != topic:
             env.mqtt_topic = topic

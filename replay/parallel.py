@@ -403,6 +403,7 @@ class ParallelRun:
     read: ReadStats
     worker_cpu_s: float  # CPU seconds of the workers (process_time of each, summed)
     jobs: int
+    parent: SharedReplayer  # the clock and response loop's replayer (it parses, e.g. for signals_of)
 
 
 def replay_parallel(
@@ -498,7 +499,7 @@ def replay_parallel(
     cpu = _merge_summaries(parent, read, [s["end2"] for s in summaries])
     result.stats["messages"] += parent._messages
     parent.conclude()
-    return ParallelRun(result, read, cpu, len(shares))
+    return ParallelRun(result, read, cpu, len(shares), parent)
 
 
 def _merge_summaries(parent: SharedReplayer, read: ReadStats, summaries: list[dict[str, Any]]) -> float:

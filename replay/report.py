@@ -31,6 +31,7 @@ from sesmon.contract.time import local_datetime
 
 from .engine import ReplayResult
 from .output import in_window, write_atomically
+from .window import PLOTTED_UNITS
 
 SIGNALS_PNG, TIMELINE_PNG, REPORT_HTML = "signals.png", "timeline.png", "report.html"
 MAX_SIGNAL_AXES = 6
@@ -141,11 +142,11 @@ def _origin(result: ReplayResult) -> int:
     return result.target.anchor_ms if result.target.anchor_ms is not None else result.window.start_ms
 
 
-def _plot_devices(result: ReplayResult) -> list[str]:
+def plot_devices(result: ReplayResult) -> list[str]:
     if result.target.device_id is not None:
         return [result.target.device_id]
     with_alerts = sorted({a["device_id"] for a in result.rule_alerts if a["device_id"] in result.signals})
-    return (with_alerts or sorted(result.signals))[:3]
+    return (with_alerts or sorted(result.signals))[:PLOTTED_UNITS]
 
 
 def _relevant_fields(result: ReplayResult, device_id: str) -> list[str]:
@@ -181,7 +182,7 @@ def plot_signals(result: ReplayResult, path: Path) -> bool:
     origin, start, end = _origin(result), result.window.start_ms, result.end_ms
     rows: list[tuple[str, str]] = [
         (device_id, name)
-        for device_id in _plot_devices(result)
+        for device_id in plot_devices(result)
         for name in _relevant_fields(result, device_id)
     ][:MAX_SIGNAL_AXES]
     if not rows:
@@ -606,4 +607,11 @@ def render_report(
     return path
 
 
-__all__ = ["AuditFindings", "audit_findings", "plot_signals", "plot_timeline", "render_report"]
+__all__ = [
+    "AuditFindings",
+    "audit_findings",
+    "plot_devices",
+    "plot_signals",
+    "plot_timeline",
+    "render_report",
+]

@@ -22,6 +22,7 @@ MIN_MARGIN_S = 120  # domain.md §4.4: at least 60-120 s before the event, throu
 #: an incident that never ends is replayed this long (the accident clock is 2 h)
 DEFAULT_MAX_AFTER_S = 3 * 3600
 MIN_WARMUP_MS = HOUR_MS  # the default warm-up reaches at least this far back
+PLOTTED_UNITS = 3  # the report plots the signals of at most this many units
 _EPOCH_MS = re.compile(r"-?\d{10,16}")
 
 

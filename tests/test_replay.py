@@ -41,6 +41,7 @@ from sesmon.contract.archive import (
     day_name,
     default_archive_dir,
     gzip_member,
+    iter_archive,
     message_partition,
     partition_path,
 )
@@ -383,6 +384,48 @@ def test_a_parallel_replay_gives_the_same_bytes_as_one_process(tmp_path: Path) -
     one, two = runs[1].result, runs[2].result
     assert one.readings == two.readings and one.snapshots == two.snapshots and one.stats == two.stats
     assert list(one.signals) == list(two.signals) and one.rule_alerts == two.rule_alerts
+
+
+def test_a_district_report_plots_the_samples_a_run_keeping_every_unit_would(tmp_path: Path) -> None:
+    """A district replay keeps no unit's samples through the run (millions of readings a day); the
+    report's three units are read again at the end: the same units, the same samples."""
+    from replay.engine import CatalogueSchedule, Replayer
+    from replay.report import plot_devices
+    from replay.window import Target
+
+    data = tmp_path / "data"
+    scripted_district(data)
+    settings = Settings(data_dir=data)
+    registry = find_registry(data, None, settings)
+    assert registry is not None
+    target, window = Target("district", "天河"), span_window(T - 2 * MIN, T + 45 * MIN, warmup_s=180)
+    devices = frozenset(u.device_id for u in registry if u.district == "天河")
+    assert len(devices) > 3  # more than the report plots: the run keeps none
+    kept = Replayer(
+        settings,
+        target=target,
+        window=window,
+        registry=registry,
+        catalogues=CatalogueSchedule.load(data),
+        devices=devices,
+    ).run(
+        iter_archive(data / "archive", start_ms=window.warmup_ms, end_ms=window.cap_ms, devices=set(devices))
+    )
+    assert len(kept.signals) == len(devices)
+    for jobs in (1, 2):
+        run = run_replay(
+            settings,
+            target,
+            window,
+            data_dir=data,
+            out_dir=tmp_path / f"out{jobs}",
+            registry=registry,
+            jobs=jobs,
+        )
+        plotted = plot_devices(kept)
+        assert len(plotted) == 3 and plot_devices(run.result) == plotted
+        assert run.result.signals == {device: kept.signals[device] for device in plotted}
+        assert (tmp_path / f"out{jobs}" / "signals.png").stat().st_size > 10_000
 
 
 def _chromium() -> str | None:
