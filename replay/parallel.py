@@ -357,10 +357,7 @@ class SharedReplayer(Replayer):
 def _stream(conn: Connection, until: str, summaries: dict[str, Any]) -> Iterator[list[Any]]:
     """A worker's events up to the ``until`` marker (its payload goes to ``summaries``)."""
     while True:
-        try:
-            message = orjson.loads(conn.recv_bytes())
-        except EOFError:
-            raise RuntimeError("a replay worker ended without a word (killed?)") from None
+        message = _next(conn)
         tag = message[0]
         if tag == "ev":
             yield from message[1]
@@ -381,8 +378,16 @@ def _raise(message: list[Any]) -> None:
     raise RuntimeError(f"a replay worker failed: {kind}: {text}")
 
 
+def _next(conn: Connection) -> list[Any]:
+    """A worker's next message; a worker gone without one (killed, or it could not start) is said so."""
+    try:
+        return orjson.loads(conn.recv_bytes())
+    except EOFError:
+        raise RuntimeError("a replay worker ended without a word (killed, or it could not start)") from None
+
+
 def _receive(conn: Connection, tag: str) -> Any:
-    message = orjson.loads(conn.recv_bytes())
+    message = _next(conn)
     if message[0] == "error":
         _raise(message)
     if message[0] != tag:

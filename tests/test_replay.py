@@ -428,6 +428,19 @@ def test_a_district_report_plots_the_samples_a_run_keeping_every_unit_would(tmp_
         assert (tmp_path / f"out{jobs}" / "signals.png").stat().st_size > 10_000
 
 
+def test_a_replay_worker_gone_before_its_first_word_is_named_not_an_eof() -> None:
+    """The parent waits for each worker's first message; a worker that could not start (or was
+    killed) closes its pipe: that is said in words, not a bare EOFError from deep in the merge."""
+    import multiprocessing
+
+    from replay.parallel import _receive
+
+    ours, theirs = multiprocessing.Pipe()
+    theirs.close()
+    with pytest.raises(RuntimeError, match="ended without a word"):
+        _receive(ours, "read")
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
