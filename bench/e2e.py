@@ -476,10 +476,16 @@ class ProcessSamples:
         peak = max(x.rss_kb for x in s) / 1024
         cpu = (s[-1].cpu_s - s[0].cpu_s) / (s[-1].at - s[0].at) * 100
         middle = min(s, key=lambda x: abs(x.at - (s[0].at + s[-1].at) / 2)).rss_kb / 1024
+        # a cold stage fills its bounded buffers in the first minute (archive, memtables, unit cache):
+        # growth after it is what a leak would show (docs/scaling.md, memory)
+        settled = [x.rss_kb / 1024 for x in s if x.at >= s[0].at + 60]
+        after = ""
+        if s[-1].at - s[0].at >= 120:  # at least a minute after the first one
+            after = f", after the first minute {(last - settled[0]) / settled[0] * 100:+5.1f} %"
         return (
             f"{self.label:<10} pid {self.pid:<7} RSS first {first:7.1f} MB  last {last:7.1f} MB  "
             f"max {peak:7.1f} MB  change {(last - first) / first * 100:+6.1f} % "
-            f"(second half {(last - middle) / middle * 100:+5.1f} %)   "
+            f"(second half {(last - middle) / middle * 100:+5.1f} %{after})   "
             f"CPU {cpu:5.1f} % of a core ({len(s)} samples over {s[-1].at - s[0].at:.0f} s)\n"
             f"{'':<10} RSS each minute (MB): {self.per_minute()}"
         )
