@@ -340,22 +340,44 @@ def device_envelope_dict(
     """
     if len(payload) > max_bytes or type(received_ms) is not int:
         return None
-    parts = topic.split("/")
-    if len(parts) != 5 or parts[0] != _TOPIC_HEAD[0] or parts[1] != _TOPIC_HEAD[1]:
+    found = _device_topic(topic)
+    if found is None:
         return None
-    spec = SPECS.get((parts[2], parts[4]))
-    if spec is None:
-        return None
+    spec, device_id = found
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
-    device_id = parts[3]
     if type(data) is not dict or data.get("device_id") != device_id:
         return None
     judged = spec.judge(data)
     if judged is None:
         return None
+    return _envelope(spec, device_id, data, judged, topic, payload, received_ms, known_device, max_depth)
+
+
+def _device_topic(topic: str) -> tuple[_Spec, str] | None:
+    """The spec and device id of a device topic the fast path takes (``sesmon/v1/<kind>/<id>/<leaf>``)."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != _TOPIC_HEAD[0] or parts[1] != _TOPIC_HEAD[1]:
+        return None
+    spec = SPECS.get((parts[2], parts[4]))
+    return None if spec is None else (spec, parts[3])
+
+
+def _envelope(
+    spec: _Spec,
+    device_id: str,
+    data: dict[str, Any],
+    judged: tuple[dict[str, Any], int, bool],
+    topic: str,
+    payload: bytes | str,
+    received_ms: int,
+    known_device: Callable[[str], Any] | None,
+    max_depth: int,
+) -> dict[str, Any] | None:
+    """What both paths do once a body is judged: extra fields, depth, codes, registry, the envelope.
+    ``payload`` is the raw bytes, or (the replay's) ASCII text, whose brackets are the same."""
     body, present, nested = judged
     if present != len(data):  # extra fields: kept as they came, after the model's own, nulls left out
         names = spec.names
@@ -368,16 +390,20 @@ def device_envelope_dict(
     limit = min(max_depth, JSON_DEPTH_CEILING)
     # the parsed values can hide nesting: a duplicate key keeps only its last value, yet the slow
     # path judges depth on the bytes, so any second bracket in the bytes means "check them"
-    nested = nested or b"[" in payload or payload.count(b"{") != 1
-    if (nested or limit < 1) and json_depth_exceeds(payload, limit):
-        return None
+    if type(payload) is str:
+        nested = nested or "[" in payload or payload.count("{") != 1
+        if (nested or limit < 1) and json_depth_exceeds(payload.encode(), limit):
+            return None
+    else:
+        nested = nested or b"[" in payload or payload.count(b"{") != 1
+        if (nested or limit < 1) and json_depth_exceeds(payload, limit):
+            return None
     if spec.codes is not None and body["code"] not in spec.codes:
         return None
     kind = spec.kind
     if known_device is not None and known_device(device_id) != kind:
         return None  # unknown_device or wrong_kind: the slow path says which
-    ts = body["ts"]
-    envelope = {
+    return {
         "type": spec.type,
         "kind": kind,
         "device_id": device_id,
@@ -385,12 +411,11 @@ def device_envelope_dict(
         "alert_id": None,
         "mqtt_topic": topic,
         "received_ms": received_ms,
-        "ts": ts,
+        "ts": body["ts"],
         "seq": body["seq"],
         "body": body,
         "publisher": None,
     }
-    return envelope
 
 
 # --------------------------------------------------------------------------- the replay's path
@@ -407,12 +432,12 @@ _TOPICS: dict[str, tuple[_Spec, str, dict[tuple[str, ...], Judge]] | None] = {}
 
 
 def _topic_spec(topic: str) -> tuple[_Spec, str, dict[tuple[str, ...], Judge]] | None:
-    """The spec and device id of a device topic (the checks of :func:`device_envelope_dict`)."""
-    parts = topic.split("/")
-    if len(parts) != 5 or parts[0] != _TOPIC_HEAD[0] or parts[1] != _TOPIC_HEAD[1]:
+    """:func:`_device_topic`, with the spec's judges by key order (cached per topic)."""
+    found = _device_topic(topic)
+    if found is None:
         return None
-    spec = SPECS.get((parts[2], parts[4]))
-    return None if spec is None else (spec, parts[3], _SHAPES.setdefault((spec.type, spec.kind), {}))
+    spec, device_id = found
+    return spec, device_id, _SHAPES.setdefault((spec.type, spec.kind), {})
 
 
 def _compile_shape(spec: _Spec, shape: tuple[str, ...]) -> Judge:
@@ -553,34 +578,4 @@ def device_envelope_text(
     judged = judge(data)
     if judged is None:
         return None
-    body, present, nested = judged
-    if present != len(data):  # extra fields: kept as they came, after the model's own, nulls left out
-        names = spec.names
-        for name, value in data.items():
-            if name in names or value is None:
-                continue
-            if type(value) is dict or type(value) is list:
-                nested = True
-            body[name] = value
-    limit = min(max_depth, JSON_DEPTH_CEILING)
-    nested = nested or "[" in payload or payload.count("{") != 1
-    if (nested or limit < 1) and json_depth_exceeds(payload.encode(), limit):
-        return None
-    if spec.codes is not None and body["code"] not in spec.codes:
-        return None
-    kind = spec.kind
-    if known_device is not None and known_device(device_id) != kind:
-        return None
-    return {
-        "type": spec.type,
-        "kind": kind,
-        "device_id": device_id,
-        "report": None,
-        "alert_id": None,
-        "mqtt_topic": topic,
-        "received_ms": received_ms,
-        "ts": body["ts"],
-        "seq": body["seq"],
-        "body": body,
-        "publisher": None,
-    }
+    return _envelope(spec, device_id, data, judged, topic, payload, received_ms, known_device, max_depth)
