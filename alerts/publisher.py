@@ -75,7 +75,13 @@ from alerts.webhooks import WebhookSender
 from sesmon.contract.registry import Registry, RegistryError
 from sesmon.contract.schemas import Alert, DispatchAction, Receiver
 from sesmon.runtime.health import Health, fatal
-from sesmon.runtime.kafka import ensure_topics, make_consumer, make_producer, stats_record
+from sesmon.runtime.kafka import (
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    stats_record,
+    subscribe_from_start,
+)
 from sesmon.runtime.memory_report import start_memory_report
 from sesmon.runtime.retry import Stopping, call_with_retry
 from sesmon.runtime.settings import Settings
@@ -265,8 +271,8 @@ class AlertPublisher:
                 "fetch.wait.max.ms": max(1, settings.alerts_fetch_wait_ms),
             },
         )
-        self.consumer.subscribe(
-            list(self.topics.values()), on_revoke=self._on_revoke, on_lost=self._on_revoke
+        subscribe_from_start(
+            self.consumer, list(self.topics.values()), on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
         self.stats_producer = make_producer(
             settings, **{"enable.idempotence": False, "acks": "1", "error_cb": self._on_kafka_error}

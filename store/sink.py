@@ -48,7 +48,13 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 
 from sesmon.contract.registry import Registry
 from sesmon.runtime.health import Health, fatal
-from sesmon.runtime.kafka import ensure_topics, make_consumer, make_producer, stats_record
+from sesmon.runtime.kafka import (
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    stats_record,
+    subscribe_from_start,
+)
 from sesmon.runtime.retry import Stopping, call_with_retry
 from sesmon.runtime.settings import Settings
 from store.points import STATE_RANK, STORED_STREAMS, BadRecord, PointMaker, RecordLines, UnitMap
@@ -402,7 +408,8 @@ class StoreStage:
         self.consumer = make_consumer(
             settings, f"{settings.topic_prefix}-store", list(STORED_STREAMS), error_cb=self._on_kafka_error
         )
-        self.consumer.subscribe(
+        subscribe_from_start(
+            self.consumer,
             list(self.stream_of),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,

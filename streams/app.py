@@ -46,7 +46,7 @@ from sesmon.runtime.kafka import client_config, dumps, ensure_topics, stats_reco
 from sesmon.runtime.memory_report import start_memory_report
 from sesmon.runtime.settings import Settings
 
-from .faust_private import limit_fetch_wait, pace_fetches
+from .faust_private import limit_fetch_wait, pace_fetches, start_uncommitted_at_zero
 from .lag_guard import TickLagGuard
 from .unit_cache import UnitCache, iter_bucket
 
@@ -162,6 +162,7 @@ def create_app(settings: Settings, registry: Registry | None, engine: RuleEngine
         store_catalogue(settings.data_dir, engine.catalogue)  # event time: none known before the first batch
     limit_fetch_wait(settings.worker_fetch_wait_ms)  # Faust's 1.5 s is a latency floor on Tansu
     pace_fetches(settings.worker_fetch_interval_ms)  # a fetch per record taken cost Tansu most of a core
+    start_uncommitted_at_zero()  # not where Tansu's ListOffsets(earliest) points: it can skip offset 0
     ensure_topics(settings)
     datadir = settings.data_dir / "streams"
     datadir.mkdir(parents=True, exist_ok=True)

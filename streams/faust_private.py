@@ -18,6 +18,13 @@ per partition on every fetch (measured: one idle consumer of 20 partitions at 50
 it 13 % of a core). :func:`pace_fetches` makes a fetch to a broker start at least an interval after
 the previous one started (aiokafka's ``Fetcher._proc_fetch_request``); the records of a fetch are
 handed over at once, only the next request waits.
+
+When Faust is given partitions it calls aiokafka's ``seek_to_committed``, which seeks only to
+committed offsets above 0 and leaves the rest to the reset policy, that is to the broker's
+ListOffsets(earliest). Tansu can answer that with offset 1 when two producers wrote a partition
+at once (README, Semantics), so the worker skipped the partition's first record.
+:func:`start_uncommitted_at_zero` seeks those partitions to offset 0 (public aiokafka API; the
+reset policy still applies if 0 is out of range on a Kafka with retention).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.fetcher import Fetcher
 from faust.streams import _current_event, current_event
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -85,3 +93,24 @@ def pace_fetches(min_interval_ms: float) -> None:
         return bool(got_records)
 
     Fetcher._proc_fetch_request = paced_fetch  # type: ignore[method-assign]
+
+
+def start_uncommitted_at_zero() -> None:
+    """Every aiokafka consumer in this process starts a partition without a committed offset (or
+    committed at 0) at offset 0 when ``seek_to_committed`` runs, as Faust's assignment does.
+
+    Table changelogs are left as they were: Faust's recovery places those itself."""
+    original = (
+        getattr(AIOKafkaConsumer, "_sesmon_original_seek_to_committed", None)
+        or AIOKafkaConsumer.seek_to_committed
+    )
+
+    async def seek_to_committed(self: AIOKafkaConsumer, *partitions: Any) -> dict[Any, int | None]:
+        committed = await original(self, *partitions)
+        for tp, offset in committed.items():
+            if (offset is None or offset <= 0) and not tp.topic.endswith("-changelog"):
+                self.seek(tp, 0)  # aiokafka left it to ListOffsets(earliest)
+        return committed
+
+    AIOKafkaConsumer._sesmon_original_seek_to_committed = original  # type: ignore[attr-defined]
+    AIOKafkaConsumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]

@@ -388,13 +388,11 @@ class BoardFeed:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state = BoardState(live=True)
-        # earliest on a lost position: a Kafka that came back empty starts its offsets again at 0
+        # make_reader resets a lost position to earliest: a Kafka that came back empty starts at 0 again
         try:
-            self.consumer: Consumer = make_reader(
-                settings, ["pipeline", "alerts", "kpi"], **{"auto.offset.reset": "earliest"}
-            )
+            self.consumer: Consumer = make_reader(settings, ["pipeline", "alerts", "kpi"])
         except KafkaException:  # a pipeline without the kpi stream (no kpi stage yet): the rest still shows
-            self.consumer = make_reader(settings, ["pipeline", "alerts"], **{"auto.offset.reset": "earliest"})
+            self.consumer = make_reader(settings, ["pipeline", "alerts"])
         self.alerts_topic = settings.topic("alerts")
         self.kpi_topic = settings.topic("kpi")
 

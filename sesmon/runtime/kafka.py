@@ -3,16 +3,23 @@
 The stages outside Faust use confluent-kafka (librdkafka): it batches in C, calls back on
 delivery (which the ingest bridge turns into MQTT acks) and, unlike aiokafka, can use
 Tansu's idempotent producer (stack.md K3).
+
+Every consumer here starts a partition it has never committed at offset 0, not at the offset
+the broker calls earliest: Tansu names as earliest the batch *stored* first, and when two
+producers write one partition at once that can be the second batch, so a reader "from the
+beginning" skipped the first (README, Semantics). A broker whose log no longer starts at 0
+(retention) answers offset 0 with "out of range", and ``auto.offset.reset=earliest`` applies.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from sesmon.runtime.settings import Settings
@@ -102,8 +109,50 @@ def make_consumer(settings: Settings, group: str, streams: list[str], **extra: A
     )
     conf.update(extra)
     consumer = Consumer(conf)
-    consumer.subscribe([settings.topic(s) for s in streams])
+    subscribe_from_start(consumer, [settings.topic(s) for s in streams])
     return consumer
+
+
+PartitionsCallback = Callable[[Consumer, list[TopicPartition]], None]
+
+
+def subscribe_from_start(
+    consumer: Consumer,
+    topics: list[str],
+    on_assign: PartitionsCallback | None = None,
+    on_revoke: PartitionsCallback | None = None,
+    on_lost: PartitionsCallback | None = None,
+) -> None:
+    """``consumer.subscribe``, except that an assigned partition the group never committed starts
+    at offset 0 instead of where the broker's ListOffsets(earliest) points (module docstring).
+
+    Committed partitions resume as before. ``on_assign`` runs after the assignment is made.
+    """
+
+    def assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except KafkaException as exc:  # the default path: the reset policy decides, as before
+            log.warning(
+                "could not read committed offsets (%s); the reset policy places %d partitions",
+                exc,
+                len(partitions),
+            )
+            committed = partitions
+        else:
+            for tp in committed:
+                if tp.offset < 0:  # never committed (OFFSET_INVALID)
+                    tp.offset = 0
+        consumer.assign(committed)
+        if on_assign is not None:
+            on_assign(consumer, committed)
+
+    callbacks: dict[str, PartitionsCallback] = {"on_assign": assign}
+    if on_revoke is not None:
+        callbacks["on_revoke"] = on_revoke
+    if on_lost is not None:
+        callbacks["on_lost"] = on_lost
+    consumer.subscribe(topics, **callbacks)
 
 
 def make_reader(
@@ -111,15 +160,15 @@ def make_reader(
 ) -> Consumer:
     """A group-less reader of every partition (boards, tests, replay): no group join to wait for.
 
-    Tansu holds a consumer group's first join for half the session timeout (stack.md K8).
+    Tansu holds a consumer group's first join for half the session timeout (stack.md K8). From
+    the beginning means from offset 0 (module docstring).
     """
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+    from confluent_kafka import OFFSET_END
 
-    consumer = Consumer(
-        client_config(settings, **{"group.id": "sesmon-reader", "enable.auto.commit": False, **extra})
-    )
+    config = {"group.id": "sesmon-reader", "enable.auto.commit": False, "auto.offset.reset": "earliest"}
+    consumer = Consumer(client_config(settings, **{**config, **extra}))
     metadata = consumer.list_topics(timeout=10)
-    offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    offset = 0 if from_beginning else OFFSET_END
     assignment = []
     for stream in streams:
         topic = metadata.topics.get(settings.topic(stream))
