@@ -30,6 +30,7 @@ reset policy still applies if 0 is out of range on a Kafka with retention).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import Iterator
@@ -89,7 +90,10 @@ def pace_fetches(min_interval_ms: float) -> None:
             if got_records:  # hand them over now (what aiokafka does when this task ends)
                 for waiter in self._fetch_waiters:
                     self._notify(waiter)
-            await asyncio.sleep(rest)  # the node stays "in flight": no next fetch meanwhile
+            # the node stays "in flight" meanwhile: no next fetch. A stopping consumer cancels this
+            # task and awaits it: end quietly, as aiokafka's own fetch does, not fail the stop
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(rest)
         return bool(got_records)
 
     Fetcher._proc_fetch_request = paced_fetch  # type: ignore[method-assign]

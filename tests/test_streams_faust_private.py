@@ -120,3 +120,37 @@ def test_fetches_are_paced_and_their_records_handed_over_at_once() -> None:
         Fetcher._sesmon_original_fetch = original
         pace_fetches(0)
     assert Fetcher._proc_fetch_request is original
+
+
+def test_a_consumer_stopped_during_the_pause_stops_cleanly() -> None:
+    """aiokafka's ``Fetcher.close`` cancels the fetch task and awaits it without catching: a pause
+    that let the cancellation out made every stop of a worker's consumer raise CancelledError
+    (aiokafka's own fetch ends quietly when cancelled; so must the pause)."""
+    import asyncio
+
+    from aiokafka.consumer.fetcher import Fetcher
+
+    from streams.faust_private import pace_fetches
+
+    async def fake_fetch(self: object, assignment: object, node_id: int, request: object) -> bool:
+        return True
+
+    original = getattr(Fetcher, "_sesmon_original_fetch", None) or Fetcher._proc_fetch_request
+    Fetcher._sesmon_original_fetch = fake_fetch
+    try:
+        pace_fetches(60_000)
+
+        async def run() -> bool:
+            fetcher = Fetcher.__new__(Fetcher)
+            waiter = asyncio.get_running_loop().create_future()
+            fetcher._fetch_waiters = {waiter}
+            task = asyncio.ensure_future(Fetcher._proc_fetch_request(fetcher, None, 0, None))
+            await waiter  # the records are handed over: the task now sits in its pause
+            task.cancel()  # what Fetcher.close() does, before it awaits the task
+            return await task
+
+        assert asyncio.run(asyncio.wait_for(run(), 10)) is True
+    finally:
+        Fetcher._sesmon_original_fetch = original
+        pace_fetches(0)
+    assert Fetcher._proc_fetch_request is original
