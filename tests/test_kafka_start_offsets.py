@@ -30,9 +30,11 @@ from streams.faust_private import start_uncommitted_at_zero
 PARTITIONS = 2
 PRODUCERS = 2
 #: a big record widens the broker's window between giving a batch its offset and storing it
-#: (it encodes the batch in between): 300 KB made ~18 % of fresh topics skew on a 2-core machine
+#: (it encodes the batch in between). With 300 KB, 20 builds of the fixture on a 2-core machine
+#: needed 3-55 topics (median 10); with 100-byte records 300 topics showed none
 RECORD_BYTES = 300_000
-MAX_TOPICS = 400  # give up after this many fresh topics (each holds 1.2 MB until deleted)
+MAX_TOPICS = 1000  # give up after this many fresh topics (each deleted when it did not skew)
+TOPICS_AT_ONCE = 20
 
 
 @dataclass(frozen=True)
@@ -71,25 +73,36 @@ def _write_at_once(producers: list[Producer], topic: str) -> set[bytes]:
 
 
 def _make_skewed(workdir: Path, port: int) -> Skewed:
-    """Fresh topics, two producers at once, until Tansu names a later offset earliest."""
+    """Fresh topics, two producers at once, until Tansu names a later offset earliest.
+
+    Topics are made a few at a time and known to both producers before they write (a producer
+    that must first fetch a new topic's metadata falls out of step with the other)."""
     base = Settings(kafka_url=f"127.0.0.1:{port}", data_dir=workdir)
     admin = AdminClient(client_config(base))
-    producers = [make_producer(base, **{"linger.ms": 0}) for _ in range(PRODUCERS)]
+    producers = [make_producer(base, **{"linger.ms": 20}) for _ in range(PRODUCERS)]
     probe = Consumer(client_config(base, **{"group.id": "probe"}))
     try:
-        for n in range(MAX_TOPICS):
-            settings = base.model_copy(update={"topic_prefix": f"skew{n}"})
-            topic = settings.topic("telemetry")
-            for future in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+        for first in range(0, MAX_TOPICS, TOPICS_AT_ONCE):
+            made = [
+                base.model_copy(update={"topic_prefix": f"skew{n}"})
+                for n in range(first, first + TOPICS_AT_ONCE)
+            ]
+            for future in admin.create_topics(
+                [NewTopic(s.topic("telemetry"), PARTITIONS, 1) for s in made]
+            ).values():
                 future.result(10)
-            values = _write_at_once(producers, topic)
-            for partition in range(PARTITIONS):
-                # (its end offset is off too, stack.md K1: each partition holds one record a producer)
-                earliest, _end = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-                if earliest > 0:
-                    return Skewed(settings, partition, earliest, PRODUCERS, frozenset(values))
-            for future in admin.delete_topics([topic]).values():
-                future.result(10)
+            for producer in producers:
+                producer.list_topics(timeout=10)
+            for settings in made:
+                topic = settings.topic("telemetry")
+                values = _write_at_once(producers, topic)
+                for partition in range(PARTITIONS):
+                    # (its end offset is off too, stack.md K1: each partition holds one record a producer)
+                    earliest, _end = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                    if earliest > 0:
+                        return Skewed(settings, partition, earliest, PRODUCERS, frozenset(values))
+                for future in admin.delete_topics([topic]).values():  # 1.2 MB each: not kept
+                    future.result(10)
     finally:
         probe.close()
     pytest.fail(
