@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import faust.streams
+from aiokafka.consumer.fetcher import Fetcher
 
-from streams.faust_private import as_current_event, faust_current_event
+from streams.faust_private import as_current_event, faust_current_event, limit_fetch_wait, pace_fetches
 
 
 class _Event:
@@ -45,13 +52,8 @@ def test_the_private_name_is_used_nowhere_else() -> None:
 
 def test_the_worker_consumer_fetch_wait_is_ours() -> None:
     """Faust hard-codes fetch_max_wait_ms=1500, which Tansu always waits out when caught up."""
-    import asyncio
-    import inspect
-
     import aiokafka
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    from streams.faust_private import limit_fetch_wait
 
     async def make() -> aiokafka.AIOKafkaConsumer:  # aiokafka wants a running loop
         return aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", fetch_max_wait_ms=1500)
@@ -77,17 +79,31 @@ def test_the_worker_consumer_fetch_wait_is_ours() -> None:
     assert consumer is made and consumer._fetch_max_wait_ms == 30
 
 
+@contextmanager
+def _paced(interval_ms: float, fake_fetch: Any) -> Iterator[type[Fetcher]]:
+    """pace_fetches wrapped around ``fake_fetch`` instead of aiokafka's fetch, restored after."""
+    original = getattr(Fetcher, "_sesmon_original_fetch", None) or Fetcher._proc_fetch_request
+    Fetcher._sesmon_original_fetch = fake_fetch
+    try:
+        pace_fetches(interval_ms)
+        yield Fetcher
+    finally:
+        Fetcher._sesmon_original_fetch = original
+        pace_fetches(0)
+    assert Fetcher._proc_fetch_request is original
+
+
+def _start_fetch() -> tuple[asyncio.Future[Any], asyncio.Task[bool]]:
+    """One (paced) fetch task of a bare fetcher, and the waiter its records wake."""
+    fetcher = Fetcher.__new__(Fetcher)
+    waiter = asyncio.get_running_loop().create_future()
+    fetcher._fetch_waiters = {waiter}
+    return waiter, asyncio.ensure_future(Fetcher._proc_fetch_request(fetcher, None, 0, None))
+
+
 def test_fetches_are_paced_and_their_records_handed_over_at_once() -> None:
     """aiokafka's fetcher routine (private) is what pace_fetches wraps: a fetch that returns
     records wakes the waiters at once, and the next fetch cannot start before the interval."""
-    import asyncio
-    import inspect
-    import time
-
-    from aiokafka.consumer.fetcher import Fetcher
-
-    from streams.faust_private import pace_fetches
-
     assert "_proc_fetch_request" in inspect.getsource(Fetcher._fetch_requests_routine), (
         "aiokafka's fetcher no longer runs _proc_fetch_request: pace_fetches is void"
     )
@@ -99,58 +115,31 @@ def test_fetches_are_paced_and_their_records_handed_over_at_once() -> None:
         calls.append(time.monotonic())
         return True
 
-    original = getattr(Fetcher, "_sesmon_original_fetch", None) or Fetcher._proc_fetch_request
-    Fetcher._sesmon_original_fetch = fake_fetch
-    try:
-        pace_fetches(500)
+    async def run() -> float:
+        started = time.monotonic()
+        waiter, task = _start_fetch()
+        await waiter
+        assert not task.done(), "the records waited for the pause"  # handed over before it ends
+        assert await task is True
+        return time.monotonic() - started
 
-        async def run() -> float:
-            fetcher = Fetcher.__new__(Fetcher)
-            waiter = asyncio.get_running_loop().create_future()
-            fetcher._fetch_waiters = {waiter}
-            started = time.monotonic()
-            task = asyncio.ensure_future(Fetcher._proc_fetch_request(fetcher, None, 0, None))
-            await waiter
-            assert not task.done(), "the records waited for the pause"  # handed over before it ends
-            assert await task is True
-            return time.monotonic() - started
-
+    with _paced(500, fake_fetch):
         assert asyncio.run(run()) >= 0.499 and len(calls) == 1  # the next fetch waits the interval out
-    finally:
-        Fetcher._sesmon_original_fetch = original
-        pace_fetches(0)
-    assert Fetcher._proc_fetch_request is original
 
 
 def test_a_consumer_stopped_during_the_pause_stops_cleanly() -> None:
     """aiokafka's ``Fetcher.close`` cancels the fetch task and awaits it without catching: a pause
     that let the cancellation out made every stop of a worker's consumer raise CancelledError
     (aiokafka's own fetch ends quietly when cancelled; so must the pause)."""
-    import asyncio
-
-    from aiokafka.consumer.fetcher import Fetcher
-
-    from streams.faust_private import pace_fetches
 
     async def fake_fetch(self: object, assignment: object, node_id: int, request: object) -> bool:
         return True
 
-    original = getattr(Fetcher, "_sesmon_original_fetch", None) or Fetcher._proc_fetch_request
-    Fetcher._sesmon_original_fetch = fake_fetch
-    try:
-        pace_fetches(60_000)
+    async def run() -> bool:
+        waiter, task = _start_fetch()
+        await waiter  # the records are handed over: the task now sits in its pause
+        task.cancel()  # what Fetcher.close() does, before it awaits the task
+        return await task
 
-        async def run() -> bool:
-            fetcher = Fetcher.__new__(Fetcher)
-            waiter = asyncio.get_running_loop().create_future()
-            fetcher._fetch_waiters = {waiter}
-            task = asyncio.ensure_future(Fetcher._proc_fetch_request(fetcher, None, 0, None))
-            await waiter  # the records are handed over: the task now sits in its pause
-            task.cancel()  # what Fetcher.close() does, before it awaits the task
-            return await task
-
+    with _paced(60_000, fake_fetch):
         assert asyncio.run(asyncio.wait_for(run(), 10)) is True
-    finally:
-        Fetcher._sesmon_original_fetch = original
-        pace_fetches(0)
-    assert Fetcher._proc_fetch_request is original
