@@ -199,32 +199,27 @@ def run_replay(
 def _plotted_signals(
     replayer: Replayer, archive: Path, window: Window, devices: frozenset[str]
 ) -> dict[str, list[tuple[int, dict[str, Any]]]]:
-    """The samples of the units the report plots (``report.plot_devices``: the first three, by
-    device id, with a rule alert and telemetry in the window, else the first three with telemetry),
-    each unit's archive read a second time (``Replayer.signals_of``)."""
-    result = replayer.result
-    signals: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    with_alerts = sorted({a["device_id"] for a in result.rule_alerts if a["device_id"] in devices})
-    for candidates in (with_alerts, sorted(devices)):
-        for device in candidates:
-            if len(signals) == PLOTTED_UNITS:
-                return signals
-            samples = replayer.signals_of(
-                iter_archive(
-                    archive,
-                    start_ms=window.warmup_ms,
-                    end_ms=window.cap_ms,
-                    devices={device},
-                    include_dispatch=False,
-                    include_reports=False,
-                    include_unknown=False,
-                )
+    """The samples of the units the report plots (``report.plot_devices``), each chosen unit's
+    archive read a second time (``Replayer.signals_of``)."""
+    from .report import plot_devices
+
+    samples: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+
+    def read(device: str) -> bool:
+        samples[device] = replayer.signals_of(
+            iter_archive(
+                archive,
+                start_ms=window.warmup_ms,
+                end_ms=window.cap_ms,
+                devices={device},
+                include_dispatch=False,
+                include_reports=False,
+                include_unknown=False,
             )
-            if samples:
-                signals[device] = samples
-        if signals:
-            break
-    return signals
+        )
+        return bool(samples[device])
+
+    return {device: samples[device] for device in plot_devices(replayer.result, devices, read)}
 
 
 def _jobs(

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Iterable
+import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,11 +143,27 @@ def _origin(result: ReplayResult) -> int:
     return result.target.anchor_ms if result.target.anchor_ms is not None else result.window.start_ms
 
 
-def plot_devices(result: ReplayResult) -> list[str]:
+def plot_devices(
+    result: ReplayResult,
+    among: Iterable[str] | None = None,
+    has_samples: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """The units whose signals the report plots: the target unit, else the first three by device id
+    with a rule alert and samples in the window, else the first three with samples.
+
+    By default the units and samples are those of ``result.signals``. A district run keeps none
+    (replay/cli.py): it names the candidate units (``among``) and reads a unit's samples when
+    asked (``has_samples``), for as few units as the choice needs."""
     if result.target.device_id is not None:
         return [result.target.device_id]
-    with_alerts = sorted({a["device_id"] for a in result.rule_alerts if a["device_id"] in result.signals})
-    return (with_alerts or sorted(result.signals))[:PLOTTED_UNITS]
+    units = set(result.signals if among is None else among)
+    with_samples = has_samples or units.__contains__
+    with_alerts = sorted({a["device_id"] for a in result.rule_alerts if a["device_id"] in units})
+    for candidates in (with_alerts, sorted(units)):
+        chosen = list(itertools.islice(filter(with_samples, candidates), PLOTTED_UNITS))
+        if chosen:
+            return chosen
+    return []
 
 
 def _relevant_fields(result: ReplayResult, device_id: str) -> list[str]:
