@@ -40,12 +40,11 @@ TOPICS_AT_ONCE = 20
 @dataclass(frozen=True)
 class Skewed:
     """A telemetry topic whose ``partition`` Tansu says starts at ``earliest`` > 0, though every
-    partition holds offsets 0 … ``end`` - 1 (one record per producer; all of them in ``values``)."""
+    partition holds offsets 0 … ``PRODUCERS`` - 1 (a record a producer; all of them in ``values``)."""
 
     settings: Settings
     partition: int
     earliest: int
-    end: int
     values: frozenset[bytes]
 
 
@@ -53,15 +52,15 @@ def _write_at_once(producers: list[Producer], topic: str) -> set[bytes]:
     """Each producer writes one big record to every partition, all starting at the same moment."""
     start = threading.Barrier(len(producers))
     values = {
-        f"{n}-{p}-".encode() + b"x" * RECORD_BYTES for n in range(len(producers)) for p in range(PARTITIONS)
+        (n, p): f"{n}-{p}-".encode() + b"x" * RECORD_BYTES
+        for n in range(len(producers))
+        for p in range(PARTITIONS)
     }
 
     def write(n: int) -> None:
         start.wait()
         for partition in range(PARTITIONS):
-            producers[n].produce(
-                topic, f"{n}-{partition}-".encode() + b"x" * RECORD_BYTES, partition=partition
-            )
+            producers[n].produce(topic, values[(n, partition)], partition=partition)
         assert producers[n].flush(30) == 0
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(len(producers))]
@@ -69,7 +68,7 @@ def _write_at_once(producers: list[Producer], topic: str) -> set[bytes]:
         thread.start()
     for thread in threads:
         thread.join()
-    return values
+    return set(values.values())
 
 
 def _make_skewed(workdir: Path, port: int) -> Skewed:
@@ -100,7 +99,7 @@ def _make_skewed(workdir: Path, port: int) -> Skewed:
                     # (its end offset is off too, stack.md K1: each partition holds one record a producer)
                     earliest, _end = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
                     if earliest > 0:
-                        return Skewed(settings, partition, earliest, PRODUCERS, frozenset(values))
+                        return Skewed(settings, partition, earliest, frozenset(values))
                 for future in admin.delete_topics([topic]).values():  # 1.2 MB each: not kept
                     future.result(10)
     finally:
@@ -152,7 +151,7 @@ def test_a_reader_from_the_beginning_reads_every_record(skewed: Skewed) -> None:
     finally:
         reader.close()
     assert {value for _p, _o, value in got} == skewed.values
-    assert sorted(o for p, o, _v in got if p == skewed.partition) == list(range(skewed.end))
+    assert sorted(o for p, o, _v in got if p == skewed.partition) == list(range(PRODUCERS))
 
 
 def test_a_group_starts_an_uncommitted_partition_at_zero_and_resumes_a_committed_one(skewed: Skewed) -> None:
@@ -173,7 +172,7 @@ def test_a_group_starts_an_uncommitted_partition_at_zero_and_resumes_a_committed
         resumed = _read(again, 1)
     finally:
         again.close()
-    assert resumed == [(skewed.partition, skewed.end, b"after the commit")]  # not offset 0 again
+    assert resumed == [(skewed.partition, PRODUCERS, b"after the commit")]  # not offset 0 again
 
 
 def test_the_worker_consumer_seeks_an_uncommitted_partition_to_zero(skewed: Skewed) -> None:
@@ -213,4 +212,4 @@ def test_the_worker_consumer_seeks_an_uncommitted_partition_to_zero(skewed: Skew
 
     got = asyncio.run(read_all())
     assert {value for _p, _o, value in got} == skewed.values
-    assert sorted(o for p, o, _v in got if p == skewed.partition) == list(range(skewed.end))
+    assert sorted(o for p, o, _v in got if p == skewed.partition) == list(range(PRODUCERS))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from sesmon.runtime.settings import Settings
@@ -163,8 +163,6 @@ def make_reader(
     Tansu holds a consumer group's first join for half the session timeout (stack.md K8). From
     the beginning means from offset 0 (module docstring).
     """
-    from confluent_kafka import OFFSET_END
-
     config = {"group.id": "sesmon-reader", "enable.auto.commit": False, "auto.offset.reset": "earliest"}
     consumer = Consumer(client_config(settings, **{**config, **extra}))
     metadata = consumer.list_topics(timeout=10)
