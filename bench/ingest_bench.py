@@ -31,7 +31,7 @@ envelopes on Kafka.
 receive path alone (N QoS 1 readings queued in a persistent session, drained and acked in the
 callback, by paho and by ``ingest.mqtt_session``: CPU of this process per message), and
 validation of one reading (``parse_mqtt`` + ``model_dump`` vs ``device_envelope``, timeit), and the
-raw archive's writer alone (``add``, ``write_pending``, checkpoint: CPU per reading, best of 5).
+raw archive's parts (the journal on the receive path, and the folder: CPU per reading, best of 5).
 
 Usage: python bench/ingest_bench.py [--readings 200000] [--units 2000] [--group-max 1,500]
                                     [--mode live,backlog] [--partitions 4] [--mqtt-client session,paho]
@@ -49,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -332,56 +331,53 @@ def parts(args: Any, device_ids: list[str], work: Path) -> None:
     archive_parts(messages, work)
 
 
-@dataclass(slots=True)
-class _Archived:
-    """What the archive writer reads of ingest's record of a valid reading (ingest.archive.Archivable)."""
-
-    topic: str
-    key: bytes
-    timestamp: int
-    received_ms: int
-    headers: None = None
-    outcome: str = "produced"
-    reason: None = None
-    archive_seq: int = 0
-
-
 def archive_parts(messages: list[tuple[str, bytes]], work: Path, batch: int = 500) -> None:
-    """The raw archive's own CPU a reading, in this thread (best of 5 passes over the messages):
-    ``add`` (the MQTT thread's part), ``write_pending`` every ``batch`` (formatting and the journal
-    write, before each Kafka record), a checkpoint (every unit's gzip member appended; the first of
-    a day also creates the unit files, shown apart)."""
-    from ingest.archive import ArchiveWriter
+    """The raw archive's CPU a reading, in this thread (best of 5): the hot path, i.e. the MQTT
+    session's receive path over the same stream of QoS 1 PUBLISH packets in ``recv``-sized chunks
+    with and without the journal (a write every ``batch`` readings, as before each Kafka record),
+    and the folder's work (``fold_journals``: parse, lines, gzip, append), which runs in a process of
+    its own."""
+    from ingest.archive import ArchiveJournal
+    from ingest.archive_folder import fold_journals
+    from ingest.mqtt_session import MqttSession
+    from sesmon.runtime.mqtt_wire import packet
 
-    now = int(time.time() * 1000)
-    raw = [(topic.encode(), payload) for topic, payload in messages]
-    records = [_Archived("t.telemetry", t.split(b"/")[3], T0_MS, now) for t, _ in raw]
-    writer = ArchiveWriter(work / "archive-parts", stream_of_topic={"t.telemetry": "telemetry"}, flush_s=1e9)
-    writer.start()  # its checkpoint thread sleeps: the checkpoints are timed here
-    best: dict[str, float] = {}
-    for attempt in range(6):
-        add_s = write_s = 0.0
-        for start in range(0, len(raw), batch):
-            t0 = time.thread_time()
-            chunk = zip(raw[start : start + batch], records[start : start + batch], strict=True)
-            for (topic, payload), record in chunk:
-                record.archive_seq = writer.add(topic, payload, record)
-            t1 = time.thread_time()
-            writer.write_pending()
-            add_s, write_s = add_s + t1 - t0, write_s + time.thread_time() - t1
-        t0 = time.thread_time()
-        writer._checkpoint()
-        part = "first checkpoint (creates the files)" if attempt == 0 else "checkpoint"
-        for name, cpu_s in (("add", add_s), ("write_pending", write_s), (part, time.thread_time() - t0)):
-            best[name] = min(best.get(name, float("inf")), cpu_s / len(raw) * 1e6)
-    writer.close()
-    first = best.pop("first checkpoint (creates the files)")
-    print(
-        "archive writer alone: "
-        + ", ".join(f"{name} {us:.2f}" for name, us in best.items())
-        + f" = {sum(best.values()):.2f} µs CPU a reading (best of 5; the day's first checkpoint {first:.2f}, "
-        f"{writer.counters['bytes'] / writer.counters['lines']:.1f} bytes a reading on disk)"
+    stream = b"".join(
+        packet(0x32, len(t).to_bytes(2, "big") + t + (i % 65535 + 1).to_bytes(2, "big") + p)
+        for i, (t, p) in enumerate((topic.encode(), payload) for topic, payload in messages)
     )
+    for size in (4096, 65536):
+        chunks = [stream[at : at + size] for at in range(0, len(stream), size)]
+        every = max(1, batch * len(chunks) // len(messages))  # chunks between two Kafka records
+        best: dict[str, float] = {}
+        for attempt in range(5):
+            for archived in (False, True):
+                where = work / f"archive-parts-{size}-{attempt}"
+                journal = ArchiveJournal(where, folder=False, flush_s=1e9).start() if archived else None
+                session = MqttSession(Settings(), "parts", [], lambda *_args: None, journal=journal)
+                pending = b""
+                t0 = time.thread_time()
+                for n, data in enumerate(chunks):
+                    pending = session._take(data, pending)
+                    if journal is not None and n % every == 0:
+                        journal.write_pending()
+                if journal is not None:
+                    journal.write_pending()
+                name = "with journal" if archived else "without"
+                best[name] = min(
+                    best.get(name, float("inf")), (time.thread_time() - t0) / len(messages) * 1e6
+                )
+                if journal is not None:
+                    journal.close()
+                    t0 = time.thread_time()
+                    fold_journals(where)
+                    fold = (time.thread_time() - t0) / len(messages) * 1e6
+                    best["folder"] = min(best.get("folder", float("inf")), fold)
+        print(
+            f"archive, recv chunks of {size // 1024} KiB: receive path {best['without']:.2f} µs a reading, "
+            f"{best['with journal']:.2f} with the journal (+{best['with journal'] - best['without']:.2f}); "
+            f"the folder {best['folder']:.2f} µs a reading in its own process (best of 5)"
+        )
 
 
 def summary(results: list[dict[str, Any]]) -> None:

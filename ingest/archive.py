@@ -1,124 +1,100 @@
-"""Ingest's archive writer: every message received, valid or dead-lettered, into the raw archive.
+"""Ingest's raw archive, hot path: what the MQTT session received, as received, into the journal.
 
-Format, layout and reader: :mod:`sesmon.contract.archive`. Why it is built this way:
+Format, layout and reader: :mod:`sesmon.contract.archive` (the raw journal is described there);
+the partition files are written by another process, ``ingest/archive_folder.py``. Why:
 
-- Journalled before it is produced, by the thread that produces it. The MQTT thread only appends
-  ``(seq, topic, payload, record)`` to a deque (:meth:`ArchiveWriter.add`, ~0.3 µs); the bridge calls
-  :meth:`ArchiveWriter.write_pending` just before it hands a Kafka record over (a full group from
-  the MQTT thread, the groups that waited out the linger from the poll thread), which formats
-  everything queued in one pass and appends it to the write-ahead journal with one ``write`` (in
-  the OS page cache when it returns: a kill -9 of ingest loses none of it). So a record's messages
-  are in the journal before Kafka can even confirm it, and acks never wait for the archive.
-  Measured (issue 12, README): with a writer thread of its own, woken by the poll thread, the
-  archive added 16-30 % to ingest's CPU per reading for ~4 µs of its own work a reading; inline,
-  just before the produce, 7-13 % (its own work, ~3.5-4.7 µs at load). What went with the
-  thread: its wake-ups, the GIL handed between three busy threads, and acks that waited a poll
-  round for the writer (the poll thread then ran every 2 ms). A journal write that fails (disk
-  full) leaves the messages queued: the record is produced anyway, its acks wait
-  (:attr:`ArchiveWriter.written_seq` does not cover it) and the poll thread tries the write again
-  every round (``archive_ack_waits``).
-- One pass, little Python per message: the common message (valid device stream, a topic JSON
-  needs no escape for) is one %-format of a prepared template (a test checks it is
-  ``archive_line``'s output byte for byte) and two list appends (journal batch, its unit's lines);
-  anything else takes ``archive_line``, the format's one definition.
-- Few file appends, cheap compression. Lines are kept per partition (day, unit) and appended to the
-  partition files as one gzip member each (ISA-L's deflate, level 1: a third of zlib's CPU for
-  a few % more bytes; kept-open descriptors) at a checkpoint (the ``archive-checkpoint`` thread:
-  every ``flush_s``, early when the buffers hold ``max_buffered_bytes``). After a checkpoint the
-  journal segment it covered is deleted. 10,000 units cost one append per unit per checkpoint,
-  not 10,000 a second.
-- Bounded memory: the deque holds only messages not yet journalled (at most those of one Kafka
-  record, or while writes fail those not acked: ``ingest_max_unacked``), the partition buffers by
-  ``max_buffered_bytes`` (past twice that, while a checkpoint is behind, nothing more is journalled,
-  acks wait and the MQTT thread stops taking messages at ``ingest_max_unacked``: back-pressure).
-- Crash recovery: a journal segment no live process holds (``flock``) belongs to a crashed ingest;
-  the next start folds it into the partition files and deletes it. A line that reached both
-  (a crash during a checkpoint) is read once: the reader drops duplicates.
-- Retention: days older than ``retention_days`` are deleted at start and when the local day changes.
+- Issue 12 asks the archive to add < 5 % to ingest's cost per reading (~16 µs). Any per-message
+  Python costs about that much: a formatted line was 2.4-3 µs (+17-18 %), and even one list
+  append and one JSON frame per message measured 1.1 µs (+6.5 %). So ingest journals per
+  *chunk*, not per message: every ``recv`` of its MQTT session (up to 256 KiB, hundreds of
+  readings under load) is appended as it is (:meth:`ArchiveJournal.add_chunk`: a header and a
+  list append), and a message that is not a valid device reading gets a small note (the dead
+  letters, reports, dispatch, vendor frames: slow paths already). The bytes of a PUBLISH, its
+  receive time, the connection's order and the notes are all an archive line needs; the folder
+  derives the lines, so the parsing, formatting and compression run outside ingest's process.
+- Journalled before it is produced: the bridge calls :meth:`ArchiveJournal.write_pending`
+  just before it hands a Kafka record over, which appends every chunk and note queued with one
+  ``write`` (in the OS page cache when it returns: a kill -9 of ingest loses none of it); a
+  message's chunk is queued before the message is even parsed. So acks do not wait for the
+  archive. A write that fails (disk full) leaves the records queued; the record is produced
+  anyway and its acks wait (:meth:`covers`) while the poll thread retries.
+- Segments: a new one every ``flush_s`` or ``MAX_SEGMENT_BYTES``, on the MQTT thread at a chunk's
+  start; a packet the old segment ends in the middle of is repeated at the new one's start
+  (``CARRY``), so every segment reads on its own. The open segment is ``flock``-ed; the folder
+  takes a segment as soon as no process holds it (rotated, or of a crashed ingest), appends its
+  lines to the partition files and deletes it.
+- The folder is a child process (:class:`FolderProcess`), at a lower CPU priority: if it falls
+  behind or dies, the journal waits on disk (the bridge restarts it); a reader reads the journal
+  segments too, so the archive is complete at any moment.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
-import itertools
 import logging
 import os
-import re
-import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from collections.abc import Callable
-from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from sesmon.contract.archive import (
+    CARRY,
+    CHUNK,
+    CONNECT,
     FORMAT_FILE,
     FORMAT_TEXT,
     JOURNAL_DIR,
-    JOURNAL_SUFFIX,
+    NOTE,
+    RAW_JOURNAL_SUFFIX,
+    SEQ_SHIFT,
     SPECIAL_PARTITIONS,
     UNKNOWN,
-    ReadStats,
-    archive_line,
-    day_bounds,
-    day_name,
-    device_partition,
-    gzip_block,
+    device_time,
     gzip_member,
-    journal_lines,
-    journal_segments,
     message_partition,
-    partition_path,
-    prune_archive,
+    raw_record,
 )
-from sesmon.contract.time import local_date
-from sesmon.runtime.kafka import exact_bytes
-from sesmon.runtime.retry import Stopping, call_with_retry
 
 log = logging.getLogger("sesmon.ingest.archive")
 
-FLUSH_S = 30.0  # partition files are appended at most this often (plus the early flushes below)
-MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # all partitions together: a checkpoint when they hold this much
-OPEN_FILES_MAX = 4096  # partition files kept open between appends (at most half the process's fd limit)
-PRUNE_CHECK_S = 60.0  # how often the writer looks whether the local day changed (retention)
-DEAD_TS_MAX_BYTES = 64 * 1024  # dead letters: a device time is looked for in bodies up to this size
+FLUSH_S = 30.0  # a new journal segment (and the folder's turn) at least this often
+MAX_SEGMENT_BYTES = 64 * 1024 * 1024  # ... or when a segment holds this much
 NO_TS_REASONS = frozenset({"oversize", "too_deep", "not_json", "bad_topic"})
-DETAIL_HEADER = "detail"
-PLAIN_TOPIC = re.compile(rb'[^"\\\x00-\x1f]*')  # what orjson writes unescaped (and UTF-8 is checked)
-PLAIN_TOPICS_MAX = 200_000  # topics known to be plain (a unit has a few)
+FOLDER_STOP_S = 60.0  # close(): how long the folder may take to fold the last segment
+FOLDER_RESTART_S = 10.0  # a folder that died is started again at most this often
 COUNTERS = (
-    "lines",  # messages written to the journal
-    "dead_letters",
+    "chunks",  # receive chunks journalled
+    "notes",  # messages noted (anything but a valid device reading)
     "journal_bytes",
-    "appends",  # gzip members appended to partition files
-    "bytes",  # compressed bytes appended
-    "opens",  # partition files opened
-    "checkpoints",
-    "recovered_lines",  # lines of crashed writers' journals folded in at start
-    "pruned_days",
+    "segments",  # journal segments opened
     "write_errors",  # journal writes that failed (retried at the next round; acks wait)
-    "format_errors",  # messages the archive could not format (a bug): archived as internal_error
+    "folder_starts",
+    "folder_exits",  # the folder process ended other than at close(): restarted
 )
-DEVICE_STREAMS = frozenset({"telemetry", "event", "status"})  # their key is the device id of the topic
 
 
-class Archivable(Protocol):
-    """What the writer reads of the bridge's record of a message (``ingest.bridge._Record``)."""
+class ReceiveMark:
+    """Where the message being delivered is: its chunk's receive time and its seq in the journal.
 
-    topic: str  # Kafka topic: says the stream of a valid message
-    key: bytes  # device id (device streams)
-    headers: list[tuple[str, bytes]] | None  # dead letters: reason, detail, ...
-    timestamp: int  # device time (valid messages)
-    outcome: str  # "produced" or "dead_lettered"
-    received_ms: int
-    reason: str | None
+    Filled by whoever receives (the MQTT session per chunk and packet, the bridge for paho and
+    ``handle_raw``), read by the bridge's receive path: the envelope's ``received_ms`` and the
+    archive's are then the same number."""
+
+    __slots__ = ("received_ms", "seq")
+
+    def __init__(self) -> None:
+        self.received_ms = 0
+        self.seq = 0
 
 
 def writer_name() -> str:
@@ -165,468 +141,232 @@ def known_unit_partition(partition: str, known_device: Callable[[str], Any] | No
     return partition if known else UNKNOWN
 
 
-def recover_journals(
-    archive_dir: Path, *, keep: Path | None = None, known_device: Callable[[str], Any] | None = None
-) -> int:
-    """Fold the journal segments of crashed writers into the partition files; returns lines folded.
+class ArchiveJournal:
+    """The raw journal of one ingest process, and the folder process that turns it into partitions.
 
-    A segment whose ``flock`` is held belongs to a live writer and is left alone (``keep``: ours).
-    A segment with an unreadable line is renamed ``.bad`` after folding the rest (kept for a human).
-    ``known_device``: as the live writer's, so a dead letter lands in the partition live would give it.
-    """
-    folded = 0
-    for path in journal_segments(archive_dir):
-        if keep is not None and path == keep:
-            continue
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer's
-            bad = 0
-            by_partition: dict[tuple[str, str], list[bytes]] = {}
-            for number, line in journal_lines(path, ReadStats()):
-                try:
-                    msg = orjson.loads(line)
-                    topic = base64.b64decode(msg["topic"]) if msg.get("topic_b64") else msg["topic"].encode()
-                    body = (
-                        base64.b64decode(msg["payload"])
-                        if msg.get("payload_b64")
-                        else msg["payload"].encode()
-                    )
-                    partition = message_partition(topic, body, msg["verdict"], msg.get("reason"))
-                    if msg["verdict"] != "ok":
-                        partition = known_unit_partition(partition, known_device)
-                    where = (day_name(msg["received_ms"]), partition)
-                except ValueError:  # pydantic's ValidationError is one
-                    log.error("archive: %s:%d is unreadable; the segment is kept as .bad", path, number)
-                    bad += 1
-                    continue
-                by_partition.setdefault(where, []).append(line)
-            for (day, partition), lines in by_partition.items():
-                target = partition_path(archive_dir, day, partition)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                append_member(target, lines)
-                folded += len(lines)
-            if bad:
-                os.replace(path, path.with_suffix(".bad"))
-            else:
-                os.unlink(path)
-            log.info("archive: folded a crashed writer's journal %s into the partition files", path.name)
-        finally:
-            os.close(fd)
-    return folded
-
-
-class ArchiveWriter:
-    """The archive of one ingest process.
-
-    :meth:`add` from the MQTT thread (cheap); :meth:`write_pending` from whichever thread is about
-    to produce a Kafka record (and from the poll thread while acks wait); checkpoints in the
-    ``archive-checkpoint`` thread, which wakes every ``flush_s`` or when the buffers fill.
+    :meth:`connected`, :meth:`add_chunk` and the notes from the thread that receives (one at a
+    time); :meth:`write_pending` from whichever thread is about to produce a Kafka record (and
+    the poll thread while acks wait); :meth:`watch` from the poll thread.
     """
 
     def __init__(
         self,
         archive_dir: Path,
         *,
-        stream_of_topic: dict[str, str],
         known_device: Callable[[str], Any] | None = None,
         retention_days: int = 400,
         flush_s: float = FLUSH_S,
-        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
-        on_fatal: Callable[[str], None] | None = None,
+        max_segment_bytes: int = MAX_SEGMENT_BYTES,
+        folder: bool = True,
     ) -> None:
-        """``stream_of_topic``: Kafka topic -> envelope type (``telemetry``, ``report``, ``dispatch``...).
-
-        ``known_device`` (the registry's ``kind_of``): a dead letter goes to its unit's partition only
-        when the unit is registered, so junk device ids cannot make a file each.
-        """
+        """``known_device`` (the registry's ``kind_of``): a dead letter goes to its unit's partition only
+        when the unit is registered, so junk device ids cannot make a file each. ``folder=False``:
+        no folder process (tests fold with :func:`ingest.archive_folder.fold_journals`)."""
         self.archive_dir = Path(archive_dir)
         self.writer = writer_name()
         # every key present from the start: the poll thread copies the counters while others count
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
-        self.written_seq = 0  # every message with seq <= this is in the journal (OS page cache)
-        self._stream_of_topic = stream_of_topic
-        self._device_topics = frozenset(t for t, kind in stream_of_topic.items() if kind in DEVICE_STREAMS)
         self._known = known_device
-        self._retention_days = retention_days
         self._flush_s = flush_s
-        self._max_buffered = max_buffered_bytes
-        self._on_fatal = on_fatal
-        self._queue: deque[tuple[int, bytes, bytes, Archivable]] = deque()
-        self._seq = itertools.count(1)
-        self._add_lock = threading.Lock()  # seq order = queue order, whichever thread adds
-        self._lock = threading.Lock()  # the journal and the buffers: write_pending vs. the checkpoint swap
-        self._checkpoint_now = threading.Event()
-        self._abort = threading.Event()  # crash(): stop at once, leave the journal as a kill would
-        self._log_errors = 0.0  # monotonic time of the last logged write error (rate limit)
-        # lines kept per (day, partition) until a checkpoint, joined then: an exact-size bytes each (a
-        # bytes object from orjson.dumps keeps its ~4 KiB buffer, 10x the line: those are copied)
-        self._buffers: dict[tuple[str, str], list[bytes]] = {}
-        self._by_key: dict[bytes, list[bytes]] = {}  # device id -> its lines of the current day
-        # the common line by %-formatting: 1 µs a message less than orjson of a dict (a test checks that
-        # it is archive_line's output byte for byte); the topic is one known to need no JSON escape
-        self._line_format = (
-            b'{"received_ms":%d,"seq":%d,"writer":' + orjson.dumps(self.writer) + b',"topic":"%s","ts":%d,'
-            b'"verdict":"ok","payload":%s}'
-        )
-        self._plain_topics: set[bytes] = set()
-        self._buffered = 0
-        self._flushing = 0  # bytes the checkpoint thread is appending (still in memory)
-        self._day = ("", 0, 0)  # (name, start ms, end ms) of the day being written
-        self._dirs: set[str] = set()
-        self._files: OrderedDict[tuple[str, str], int] = OrderedDict()  # open partition files, LRU
-        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._files_max = max(16, min(OPEN_FILES_MAX, soft_limit // 2))
+        self._max_segment = max_segment_bytes
+        self._lock = threading.Lock()  # the queue, the counts and the segment
+        self._queue: list[bytes] = []  # record headers and bodies not yet written
+        self._queued = 0  # records queued so far (the mark write_pending hands out)
+        self._written = 0  # every record up to this one is in the journal (OS page cache)
+        self._chunk_no = 0
+        self._fd = -1
+        self._path: Path | None = None
         self._segment_no = 0
-        self._journal_fd = -1
-        self._journal_path: Path | None = None
-        self._journal_dir = self.archive_dir / JOURNAL_DIR
-        self._today: date | None = None
-        self._segment_lines_mark = 0  # lines written when the current journal segment was opened
-        self._final = threading.Event()  # close(): the last checkpoint
-        self.thread = threading.Thread(target=self._run, name="archive-checkpoint", daemon=True)
-
-    # ------------------------------------------------------------------ MQTT thread
-    def add(self, topic: bytes, payload: bytes, record: Archivable) -> int:
-        """Queue one message (any thread; cheap); returns its seq, which the ack waits for."""
-        with self._add_lock:
-            seq = next(self._seq)
-            self._queue.append((seq, topic, payload, record))
-        return seq
-
-    def covers(self, seq: int) -> bool:
-        """Is message ``seq`` in the journal (and so survives a kill of this process)?"""
-        return seq <= self.written_seq
+        self._segment_bytes = 0
+        self._rotate_at = 0.0
+        self._closed = False
+        self._log_errors = 0.0  # monotonic time of the last logged write error (rate limit)
+        self.folder = FolderProcess(self.archive_dir, retention_days, min(1.0, flush_s)) if folder else None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> ArchiveWriter:
-        """Prune, open our journal segment, fold in crashed writers' journals, start checkpointing."""
+    def start(self) -> ArchiveJournal:
+        """Open our first segment and start the folder (which first folds crashed writers' journals)."""
         self.archive_dir.mkdir(parents=True, exist_ok=True)
-        self._journal_dir.mkdir(exist_ok=True)
+        (self.archive_dir / JOURNAL_DIR).mkdir(exist_ok=True)
         marker = self.archive_dir / FORMAT_FILE
         if not marker.is_file():
             marker.write_bytes(FORMAT_TEXT)
-        self._prune()
-        self._open_segment()  # before recovery: ours is locked, so it is not taken for a crashed one
-        self.counters["recovered_lines"] += recover_journals(
-            self.archive_dir, keep=self._journal_path, known_device=self._known
-        )
-        self.thread.start()
+        with self._lock:
+            self._open_segment()
+        if self.folder is not None:
+            self.folder.start()
+            self.counters["folder_starts"] += 1
         return self
 
-    @property
-    def threads(self) -> dict[str, threading.Thread]:
-        """The threads a stage's health watches: if one dies, the stage must end."""
-        return {"archive-checkpoint": self.thread}
-
-    def close(self, timeout: float = 60.0) -> None:
-        """Write what is queued, append every partition and delete the journal (a clean stop).
-
-        Call it once nothing adds any more (the bridge: after its MQTT and poll threads stopped).
-        """
-        self.write_pending()
-        self._final.set()
-        self._checkpoint_now.set()
-        if self.thread.ident is not None:
-            self.thread.join(timeout)
+    def close(self, timeout: float = FOLDER_STOP_S) -> None:
+        """Write what is queued, close the segment and let the folder fold it (a clean stop leaves
+        no journal). Call it once nothing is received any more."""
+        with self._lock:
+            self._write_queued()
+            self._close_segment()
+            self._closed = True
+        if self.folder is not None:
+            self.folder.stop(timeout)
 
     def abort(self) -> None:
-        """Stop as a killed process would: nothing more written, the journal left for recovery."""
-        self._abort.set()
-        self._checkpoint_now.set()
-        if self.thread.ident is not None:
-            self.thread.join(5)
+        """Stop as a killed host would: nothing more written, the journal left for the next start."""
         with self._lock:
-            self._close_files()
-            if self._journal_fd >= 0:
-                os.close(self._journal_fd)  # releases the flock: the segment now looks crashed
-                self._journal_fd = -1
+            self._closed = True
+            self._queue.clear()
+            self._close_segment()
+        if self.folder is not None:
+            self.folder.kill()
+
+    def watch(self) -> None:
+        """Poll thread: a folder that died is started again (the journal waited for it on disk)."""
+        if self.folder is not None and not self._closed and self.folder.restart_if_dead():
+            self.counters["folder_exits"] += 1
+            self.counters["folder_starts"] += 1
 
     def snapshot(self) -> dict[str, Any]:
         return {
             **{f"archive_{name}": value for name, value in self.counters.items()},
-            "archive_queue": len(self._queue),
-            "archive_buffered_bytes": self._buffered + self._flushing,
+            "archive_queue": len(self._queue) // 2,
+            "archive_folder_pid": self.folder.pid if self.folder is not None else None,
         }
 
-    # ------------------------------------------------------------------ the writer
-    def write_pending(self) -> None:
-        """Format what is queued, append it to the journal (one write), keep it per partition.
+    # ------------------------------------------------------------------ receiving thread
+    def connected(self) -> None:
+        """A new connection: what the last one left unfinished is not a message (it comes again)."""
+        with self._lock:
+            if not self._closed:
+                self._queue += (raw_record(CONNECT, 0, 0, b""),)
+                self._queued += 1
 
-        Any thread (several at once: they take turns, and one may find that another took its
-        messages); the bridge calls it before it produces a Kafka record, so the record's messages
-        are journalled before Kafka can confirm it. Never raises and never blocks on a retry: a
-        failed write (disk full) leaves the messages queued for the next call, and their acks wait
-        (the stage's stall watchdog ends a process that stays stuck); a bug ends the stage
-        (``on_fatal``), whose unacked messages the broker redelivers.
-        """
-        if not self._queue or self._abort.is_set():
-            return
-        if self._buffered + self._flushing >= 2 * self._max_buffered:
-            self._checkpoint_now.set()
-            return  # the checkpoint is behind: take no more (acks wait: back-pressure), memory stays bounded
-        try:
-            with self._lock:
-                if self._journal_fd < 0 or not self._queue:
-                    return  # closed, or another thread wrote what was queued meanwhile
-                self._write_batch()
-        except Exception as exc:
-            log.exception("archive: the journal write failed")
-            if self._on_fatal is not None:
-                self._on_fatal(f"the archive writer failed: {type(exc).__name__}: {exc}")
-            return
-        if self._buffered >= self._max_buffered:
-            self._checkpoint_now.set()
+    def add_chunk(self, received_ms: int, data: bytes, carried: bytes = b"") -> int:
+        """Queue the bytes of one receive; returns the chunk's number (its messages' seq is
+        ``number << SEQ_SHIFT | offset``). ``carried``: the unfinished packet the receiver holds
+        from earlier chunks, repeated at a new segment's start."""
+        with self._lock:
+            if time.monotonic() >= self._rotate_at or self._segment_bytes >= self._max_segment:
+                self._rotate(received_ms, carried)
+            self._chunk_no = number = self._chunk_no + 1
+            if self._closed:
+                return number  # received while stopping: not acked, the broker resends it
+            self._queue += (raw_record(CHUNK, received_ms, number, data), data)
+            self._queued += 1
+            self._segment_bytes += len(data)
+        return number
 
-    def _write_batch(self) -> None:
-        queue = self._queue
-        popleft = queue.popleft
-        items = [popleft() for _ in range(len(queue))]
-        lines: list[bytes] = []
-        add_line = lines.append
-        # the common message inline (a call per message costs more than the formatting; so does a
-        # second pass): formatted, appended to its unit's buffer, listed for the journal. The rest by
-        # archive_line, the format's one definition, which this must (and a test does) match byte for byte.
-        dumps, device_topics, line_of = orjson.dumps, self._device_topics, self._line_format
-        plain_topics = self._plain_topics
-        by_key = self._by_key
-        day, start, end = self._day
-        for seq, topic, payload, record in items:
-            received_ms = record.received_ms
-            if not start <= received_ms < end:
-                day = day_name(received_ms)
-                start, end = day_bounds(day)
-                self._day = (day, start, end)
-                by_key = self._by_key = {}  # buffers of another day
-            # a valid telemetry, event or status message on a topic JSON needs no escapes for
-            if record.topic in device_topics and (topic in plain_topics or self._plain(topic)):
-                try:
-                    line = line_of % (received_ms, seq, topic, record.timestamp, dumps(payload.decode()))
-                except (UnicodeDecodeError, TypeError):  # not UTF-8 (or a bug): the careful way
-                    line = self._other(day, seq, topic, payload, record)
-                else:
-                    kept = by_key.get(record.key)
-                    if kept is None:
-                        kept = by_key[record.key] = self._buffer(day, device_partition(record.key.decode()))
-                    kept.append(line)
-            else:
-                line = self._other(day, seq, topic, payload, record)
-            add_line(line)
-        add_line(b"")
-        data = b"\n".join(lines)
-        # the lines are in the buffers before the journal has them: if this write fails, the next
-        # round formats the same messages again under the same seq, and readers drop the repeat
+    def add_message(self, received_ms: int, topic: bytes, payload: bytes) -> int:
+        """A message that came without its packet (paho's receive path, ``handle_raw``): journalled as a
+        QoS 0 PUBLISH of its own; returns its seq (0: a topic no MQTT packet can hold, not archived)."""
+        if len(topic) > 0xFFFF:
+            return 0
+        body_length = 2 + len(topic) + len(payload)
+        length = bytearray()
+        while True:
+            byte, body_length = body_length & 0x7F, body_length >> 7
+            length.append(byte | 0x80 if body_length else byte)
+            if not body_length:
+                break
+        packet = b"\x30" + bytes(length) + len(topic).to_bytes(2, "big") + topic + payload
+        return self.add_chunk(received_ms, packet) << SEQ_SHIFT
+
+    def note_skip(self, seq: int) -> None:
+        """A message ingest did not take (our own output coming back, a stop under way): not archived."""
+        self._note({"seq": seq, "verdict": "skip"})
+
+    def note_valid(self, seq: int, topic: bytes, ts: int, stream: str) -> None:
+        """A valid message off the fast path (RFC 3339 times, vendor frames, reports, dispatch)."""
+        note: dict[str, Any] = {"seq": seq, "verdict": "ok", "ts": ts}
+        if stream in ("report", "dispatch"):
+            note["publisher"] = _publisher(topic)
+        self._note(note)
+
+    def note_dead(self, seq: int, topic: bytes, payload: bytes, reason: str, detail: str | None) -> None:
+        """A dead letter: its reason, and its partition as live decides it (:func:`known_unit_partition`)."""
+        partition = message_partition(topic, payload, "deadletter", reason)
+        self._note(
+            {
+                "seq": seq,
+                "verdict": "deadletter",
+                "ts": None if reason in NO_TS_REASONS else device_time(payload),
+                "reason": reason,
+                "detail": detail,
+                "publisher": _publisher(topic),
+                "partition": known_unit_partition(partition, self._known),
+            }
+        )
+
+    def _note(self, note: dict[str, Any]) -> None:
+        body = orjson.dumps({k: v for k, v in note.items() if v is not None})
+        with self._lock:
+            if self._closed:
+                return
+            self._queue += (raw_record(NOTE, 0, 0, body), body)
+            self._queued += 1
+            self.counters["notes"] += 1
+
+    # ------------------------------------------------------------------ any thread
+    def write_pending(self) -> int:
+        """Append everything queued to the journal (one write); returns the mark :meth:`covers` takes
+        for what is produced now. Never raises: a failed write leaves it queued for the next call."""
+        with self._lock:
+            mark = self._queued
+            if self._queue:
+                self._write_queued()
+            return mark
+
+    def covers(self, mark: int) -> bool:
+        """Is everything queued before ``mark`` in the journal (and so survives a kill of this process)?"""
+        return self._written >= mark
+
+    # ------------------------------------------------------------------ under the lock
+    def _write_queued(self) -> None:
+        if self._fd < 0 or not self._queue:
+            return
+        data = b"".join(self._queue)
         try:
-            _write_all(self._journal_fd, data)
+            _write_all(self._fd, data)
         except OSError as exc:
-            queue.extendleft(reversed(items))  # again at the next call, in order
             self.counters["write_errors"] += 1
             if time.monotonic() - self._log_errors > 10:
                 self._log_errors = time.monotonic()
                 log.error("archive: cannot write the journal (%s); acks wait until it can", exc)
             return
-        self.written_seq = items[-1][0]
-        self.counters["lines"] += len(items)
+        self._queue.clear()
+        self._written = self._queued
         self.counters["journal_bytes"] += len(data)
-        self._buffered += len(data)
+        self.counters["chunks"] = self._chunk_no
 
-    def _plain(self, topic: bytes) -> bool:
-        """Is ``topic`` written by JSON as it is (no quote, backslash or control byte, valid UTF-8)?"""
-        if PLAIN_TOPIC.fullmatch(topic) is None:
-            return False
-        try:
-            topic.decode()
-        except UnicodeDecodeError:
-            return False
-        if len(self._plain_topics) >= PLAIN_TOPICS_MAX:
-            self._plain_topics.clear()
-        self._plain_topics.add(topic)
-        return True
-
-    def _buffer(self, day: str, partition: str) -> list[bytes]:
-        """The lines of a (day, partition) kept until the next checkpoint (see ``_buffers``)."""
-        kept = self._buffers.get((day, partition))
-        if kept is None:
-            kept = self._buffers[(day, partition)] = []
-        return kept
-
-    def _other(self, day: str, seq: int, topic: bytes, payload: bytes, record: Archivable) -> bytes:
-        """Anything but a valid UTF-8 device-stream message: formatted in full and kept."""
-        try:
-            partition, line = self._format(seq, topic, payload, record)
-        except Exception as exc:  # a bug must not stop the archive (nor the poll thread it runs in)
-            self.counters["format_errors"] += 1
-            log.exception("archive: cannot format a message from %r; archived as internal_error", topic[:200])
-            partition = UNKNOWN
-            line = archive_line(
-                received_ms=record.received_ms,
-                seq=seq,
-                writer=self.writer,
-                topic=topic,
-                payload=payload,
-                verdict="deadletter",
-                reason="internal_error",
-                detail=f"archive: {type(exc).__name__}: {exc}"[:1000],
-            )
-        self._buffer(day, partition).append(exact_bytes(line))  # kept until the checkpoint (see _buffers)
-        return line
-
-    def _format(self, seq: int, topic: bytes, payload: bytes, record: Archivable) -> tuple[str, bytes]:
-        """Partition and line of anything but a valid UTF-8 device-stream message."""
-        if record.outcome == "produced":
-            stream = self._stream_of_topic.get(record.topic, "")
-            line = archive_line(
-                received_ms=record.received_ms,
-                seq=seq,
-                writer=self.writer,
-                topic=topic,
-                payload=payload,
-                verdict="ok",
-                ts=record.timestamp,
-                publisher=_publisher(topic) if stream in ("report", "dispatch") else None,
-            )
-            return message_partition(topic, payload, "ok"), line
-        reason = record.reason or "unknown"
-        detail = None
-        for name, value in record.headers or ():
-            if name == DETAIL_HEADER:
-                detail = value.decode("utf-8", "replace")
-        line = archive_line(
-            received_ms=record.received_ms,
-            seq=seq,
-            writer=self.writer,
-            topic=topic,
-            payload=payload,
-            verdict="deadletter",
-            ts=None if reason in NO_TS_REASONS else _device_time(payload),
-            reason=reason,
-            detail=detail,
-            publisher=_publisher(topic),
-        )
-        self.counters["dead_letters"] += 1
-        partition = message_partition(topic, payload, "deadletter", reason)
-        return known_unit_partition(partition, self._known), line
-
-    # ------------------------------------------------------------------ checkpoint thread
-    def _run(self) -> None:
-        try:
-            next_prune = time.monotonic() + PRUNE_CHECK_S
-            while not self._abort.is_set():
-                self._checkpoint_now.wait(self._flush_s)
-                self._checkpoint_now.clear()
-                if self._abort.is_set():
-                    return
-                last = self._final.is_set()
-                self._checkpoint(last=last)
-                if last:
-                    return
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_CHECK_S
-                    self._prune_if_new_day()
-        except Stopping:
+    def _rotate(self, received_ms: int, carried: bytes) -> None:
+        """A new segment: the old one written whole and released to the folder; the unfinished packet
+        it ends in repeated at the new one's start."""
+        if self._closed or self._fd < 0:
             return
-        except BaseException as exc:  # the thread is watched: the stage ends and is restarted
-            log.exception("archive: the checkpoint thread failed")
-            if self._on_fatal is not None:
-                self._on_fatal(f"the archive checkpoint failed: {type(exc).__name__}: {exc}")
-            raise
-
-    def _checkpoint(self, last: bool = False) -> None:
-        """Take the buffers and start a new journal segment (under the lock), append every partition,
-        then delete the old segment: all it held is in partition files now."""
-        with self._lock:
-            if not last and self.counters["lines"] == self._segment_lines_mark:
-                return  # nothing written since the last checkpoint: keep the segment
-            buffers, self._buffers, self._by_key = self._buffers, {}, {}
-            self._flushing, self._buffered = self._buffered, 0
-            old_fd, old_path = self._journal_fd, self._journal_path
-            if last:
-                self._journal_fd, self._journal_path = -1, None
-            else:
-                self._open_segment()
-            day_now = self._day[0]
-        for where, kept in buffers.items():
-            self._flushing -= self._flush_partition(where, kept)
-        self._flushing = 0
-        if old_fd >= 0:
-            os.close(old_fd)
-        if old_path is not None:
-            old_path.unlink(missing_ok=True)
-        for where in [w for w in self._files if last or w[0] != day_now]:
-            os.close(self._files.pop(where))  # the earlier days' files are done
-        self.counters["checkpoints"] += 1
-
-    def _file(self, where: tuple[str, str]) -> int:
-        """The partition file's descriptor, kept open (LRU) so an append costs one write."""
-        files = self._files
-        fd = files.get(where)
-        if fd is not None:
-            files.move_to_end(where)
-            return fd
-        day, partition = where
-        if day not in self._dirs:
-            (self.archive_dir / day).mkdir(parents=True, exist_ok=True)
-            self._dirs.add(day)
-        path = partition_path(self.archive_dir, day, partition)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        files[where] = fd
-        self.counters["opens"] += 1
-        while len(files) > self._files_max:
-            os.close(files.popitem(last=False)[1])
-        return fd
-
-    def _close_files(self) -> None:
-        while self._files:
-            with contextlib.suppress(OSError):
-                os.close(self._files.popitem()[1])
-
-    def _flush_partition(self, where: tuple[str, str], kept: list[bytes]) -> int:
-        """Append one partition's lines as a gzip member (retried: the journal still holds them);
-        returns the bytes of the lines."""
-        kept.append(b"")  # the last line's newline
-        lines = b"\n".join(kept)
-        kept.clear()  # the lines are freed as the partitions are appended, not at the end
-        data = gzip_block(lines)
-
-        def append() -> None:
-            try:
-                _write_all(self._file(where), data)
-            except OSError:
-                fd = self._files.pop(where, None)  # a fresh descriptor for the retry
-                if fd is not None:
-                    os.close(fd)
-                raise
-
-        try:
-            append()
-        except OSError:  # retried with the shared policy; the abort event ends it (a crash)
-            call_with_retry(append, self._abort, on=OSError, what="archive partition append")
-        self.counters["appends"] += 1
-        self.counters["bytes"] += len(data)
-        return len(lines)
+        self._write_queued()
+        if self._queue:
+            self._rotate_at = time.monotonic() + 1.0  # the disk refuses: keep this segment, try later
+            return
+        self._close_segment()
+        self._open_segment()
+        if carried:
+            self._queue += (raw_record(CARRY, received_ms, 0, carried), carried)
+            self._queued += 1
 
     def _open_segment(self) -> None:
         self._segment_no += 1
-        path = self._journal_dir / f"{self.writer}.{self._segment_no:06d}{JOURNAL_SUFFIX}"
+        path = self.archive_dir / JOURNAL_DIR / f"{self.writer}.{self._segment_no:06d}{RAW_JOURNAL_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while we live: recovery skips it
-        self._journal_fd, self._journal_path = fd, path
-        self._segment_lines_mark = self.counters["lines"]
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while we live: the folder leaves it alone
+        self._fd, self._path = fd, path
+        self._segment_bytes = 0
+        self._rotate_at = time.monotonic() + self._flush_s
+        self.counters["segments"] += 1
 
-    def _prune(self) -> None:
-        self._today = local_date(int(time.time() * 1000))
-        removed = prune_archive(self.archive_dir, self._retention_days, today=self._today)
-        self.counters["pruned_days"] += len(removed)
-
-    def _prune_if_new_day(self) -> None:
-        if local_date(int(time.time() * 1000)) != self._today:
-            self._prune()
+    def _close_segment(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the flock: the folder takes the segment
+            self._fd = -1
+        if self._path is not None and self._path.stat().st_size == 0:
+            self._path.unlink(missing_ok=True)  # nothing in it
+        self._path = None
 
 
 def _publisher(topic: bytes) -> str | None:
@@ -640,25 +380,74 @@ def _publisher(topic: bytes) -> str | None:
     return None
 
 
-def _device_time(payload: bytes) -> int | None:
-    """A dead letter's device time, when its body is a JSON object with a usable ``ts``."""
-    if len(payload) > DEAD_TS_MAX_BYTES:
-        return None
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    ts = body.get("ts") if isinstance(body, dict) else None
-    if isinstance(ts, int) and not isinstance(ts, bool) and 0 < ts < 10**14:
-        return ts
-    if isinstance(ts, str):
+class FolderProcess:
+    """The folder (``python -m ingest.archive_folder``), a child of ingest at a lower CPU priority."""
+
+    def __init__(self, archive_dir: Path, retention_days: int, poll_s: float) -> None:
+        self.archive_dir = archive_dir
+        self.retention_days = retention_days
+        self.poll_s = poll_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ingest.archive_folder",
+                str(self.archive_dir),
+                "--retention-days",
+                str(self.retention_days),
+                "--poll-s",
+                str(self.poll_s),
+                "--parent-pid",
+                str(os.getpid()),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+
+    def restart_if_dead(self) -> bool:
+        process = self.process
+        if process is None or process.poll() is None or time.monotonic() - self._started < FOLDER_RESTART_S:
+            return False
+        log.error(
+            "archive: the folder process ended (status %s); starting it again (the journal waited)",
+            process.returncode,
+        )
+        self.start()
+        return True
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM: it folds what no live writer holds, then ends."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
         try:
-            when = datetime.fromisoformat(ts)
-        except ValueError:
-            return None
-        if when.tzinfo is not None:
-            return int(when.timestamp() * 1000)
-    return None
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("archive: the folder took over %.0f s to end; killed (its journal stays)", timeout)
+            self.kill()
+
+    def kill(self) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
 
-__all__ = ["ArchiveWriter", "append_member", "known_unit_partition", "recover_journals", "writer_name"]
+__all__ = [
+    "ArchiveJournal",
+    "FolderProcess",
+    "ReceiveMark",
+    "append_member",
+    "known_unit_partition",
+    "writer_name",
+]

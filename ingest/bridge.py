@@ -80,7 +80,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from ingest.archive import ArchiveWriter
+from ingest.archive import ArchiveJournal, ReceiveMark
 from ingest.mqtt_session import MqttSession
 from ingest.vendor import MALFORMED, VENDOR_ROOT, VendorError, vendor_to_canonical
 from sesmon.contract.archive import default_archive_dir
@@ -137,7 +137,7 @@ KAFKA_STATS_EVERY_MS = 1000
 WATCHDOG_EVERY_S = 1.0
 REGISTRY_EVERY_S = 5.0
 POLL_MAX_S = 0.05  # the poll thread's longest sleep (its shortest: 1 ms)
-ARCHIVE_WAIT_POLL_S = 0.002  # ... while delivered records wait for the archive writer
+ARCHIVE_WAIT_POLL_S = 0.002  # ... while delivered records wait for a journal write that failed
 PARTITION_CACHE_MAX = 1_000_000  # device ids whose partition is remembered
 
 
@@ -169,7 +169,6 @@ class _Record:
     reason: str | None = None  # dead-letter reason
     minimal: bool = False  # already the smallest dead letter there is
     partition: int | None = None  # a device-stream envelope: the partition whose group it joins
-    archive_seq: int = 0  # the raw archive's seq of this message: its PUBACK waits until it is written
 
 
 @dataclass(slots=True, eq=False)
@@ -183,6 +182,7 @@ class _Batch:
     opened: float = 0.0  # monotonic time the group got its first envelope
     nbytes: int = 1  # size of the group's value so far: "[" + envelopes and their separators + "]"
     attempts: int = 0
+    archive_mark: int = 0  # the raw journal's mark when first produced: its acks wait until it is written
 
 
 class _Every:
@@ -265,18 +265,18 @@ class IngestBridge:
         self._partitions: dict[str, int] = {}  # device id -> partition (murmur2 in Python is not free)
         if create_topics:
             self._check_partitions()
-        # the raw archive (issue 12): acks wait until the writer has the message (ingest/archive.py)
-        self.archive: ArchiveWriter | None = None
+        # the raw archive (issue 12): every received chunk journalled before what it holds is produced
+        # (ingest/archive.py); the mark says where the message being handled is
+        self.mark = ReceiveMark()
+        self.archive: ArchiveJournal | None = None
         if settings.archive:
-            self.archive = ArchiveWriter(
+            self.archive = ArchiveJournal(
                 settings.archive_dir or default_archive_dir(settings.data_dir),
-                stream_of_topic={topic: kind for kind, topic in self.topics.items()},
                 known_device=registry.kind_of if registry is not None else None,
                 retention_days=settings.archive_retention_days,
                 flush_s=settings.archive_flush_s,
-                on_fatal=self._fatal,
             )
-        self._archive_waits: deque[tuple[int, _Batch]] = deque()  # delivered, acks waiting for the archive
+        self._archive_waits: deque[_Batch] = deque()  # delivered, acks waiting for a journal write
         self.subscriptions = subscriptions(settings)
         self.client = self._make_client()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
@@ -344,6 +344,8 @@ class IngestBridge:
                 on_subscribed=lambda _codes: self._subscribed(),
                 on_disconnected=self._on_session_disconnected,
                 probe_topic=f"sesmon/probe/{settings.mqtt_client_id}",  # see MqttSession: stuck delivery
+                mark=self.mark,
+                journal=self.archive,
             )
         client = make_client(settings, settings.mqtt_client_id, clean_session=False, manual_ack=True)
         client.max_queued_messages_set(0)
@@ -387,20 +389,32 @@ class IngestBridge:
 
     def _on_message(self, _client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         """paho's callback: must never raise (a raise ends paho's network thread)."""
-        self._receive(_raw_topic(msg), msg.payload, msg.mid, msg.qos)
+        self._receive_whole(_raw_topic(msg), msg.payload, msg.mid, msg.qos)
+
+    def _receive_whole(self, raw_topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+        """A message that came without its packet's bytes (paho, handle_raw): timed and journalled here."""
+        mark = self.mark
+        mark.received_ms = int(time.time() * 1000)
+        try:
+            mark.seq = self.archive.add_message(mark.received_ms, raw_topic, payload) if self.archive else 0
+        except Exception:  # a bug: the message is still handled (and dead-lettered, if it must be)
+            log.exception("ingest: could not journal a message")
+        self._receive(raw_topic, payload, mid, qos)
 
     def _receive(self, raw_topic: bytes, payload: bytes, mid: int, qos: int) -> None:
-        """Every message, from either receive path: must never raise (it would end the network thread)."""
-        received_ms = int(time.time() * 1000)
+        """Every message, from either receive path: must never raise (it would end the network thread).
+
+        Its receive time and journal seq are in ``self.mark`` (the MQTT session's chunk)."""
+        received_ms = self.mark.received_ms
         try:
             if self._stop.is_set():
+                if self.archive is not None:
+                    self.archive.note_skip(self.mark.seq)  # not acked: the broker resends it, archived then
                 return  # shutting down: not acked, so the broker keeps it for the next session
             record = self._decide(raw_topic, payload, received_ms, mid, qos)
         except Exception as exc:
             record = self._internal_error(exc, raw_topic, payload, received_ms, mid, qos)
         if record is not None:
-            if self.archive is not None:
-                record.archive_seq = self.archive.add(raw_topic, payload, record)
             self.counters["received"] += 1  # received = produced + dead-lettered, once delivered
             self._submit(record)
 
@@ -432,6 +446,8 @@ class IngestBridge:
         if topic.startswith(OWN_OUTPUT_PREFIXES):
             # our own outgoing alerts and hazards come back through the wildcard; not input
             self.counters["own_output_skipped"] += 1
+            if self.archive is not None:
+                self.archive.note_skip(self.mark.seq)
             self._ack(mid, qos)
             return None
         settings = self.settings
@@ -452,6 +468,8 @@ class IngestBridge:
             except BadInput as bad:
                 return self._dead_record(raw_topic, payload, bad.reason, bad.detail, received_ms, mid, qos)
             key, stream, value, timestamp = env.key, env.type, dumps(env.model_dump(mode="json")), env.ts
+            if self.archive is not None:  # the fast path's readings need no note: their bytes say it all
+                self.archive.note_valid(self.mark.seq, raw_topic, timestamp, stream)
         # held until Kafka has it: up to ingest_max_unacked (20,000) records, 80 MB with orjson's buffers
         value = exact_bytes(value)
         partition = None
@@ -539,7 +557,13 @@ class IngestBridge:
     def _dead_record(
         self, raw_topic: bytes, payload: bytes, reason: str, detail: str, received_ms: int, mid: int, qos: int
     ) -> _Record:
-        """A dead letter that always fits Kafka: value, key and every header are bounded."""
+        """A dead letter that always fits Kafka: value, key and every header are bounded (and noted in
+        the raw archive: the message being received is the one dead-lettered)."""
+        if self.archive is not None:
+            try:
+                self.archive.note_dead(self.mark.seq, raw_topic, payload, reason, detail)
+            except Exception:  # a bug: the dead letter itself must still go out
+                log.exception("ingest: could not note a dead letter in the archive")
         limit = self.settings.deadletter_max_bytes
         topic = raw_topic[:TOPIC_HEADER_MAX]
         headers = [
@@ -597,7 +621,6 @@ class IngestBridge:
             record.size,
             reason,
             minimal=record.outcome != "produced",
-            archive_seq=record.archive_seq,
         )
         self.counters["kafka_refused"] += 1
         return replacement
@@ -687,7 +710,9 @@ class IngestBridge:
         Returns the batches that met a full local queue (BufferError), in order, not produced.
         """
         if batches and self.archive is not None:  # journalled before produced: acks need not wait
-            self.archive.write_pending()  # (ingest/archive.py)
+            mark = self.archive.write_pending()  # (ingest/archive.py)
+            for batch in batches:
+                batch.archive_mark = batch.archive_mark or mark
         pending = list(batches)
         while pending:
             batch = pending[0]
@@ -787,12 +812,10 @@ class IngestBridge:
             count = len(members)
             if err is None:
                 archive = self.archive
-                if archive is not None:
-                    seq = max(m.archive_seq for m in members)
-                    if self._archive_waits or not archive.covers(seq):  # in order, behind earlier waits
-                        self.counters["archive_ack_waits"] += 1
-                        self._archive_waits.append((seq, batch))
-                        return
+                if archive is not None and (self._archive_waits or not archive.covers(batch.archive_mark)):
+                    self.counters["archive_ack_waits"] += 1  # in order, behind earlier waits
+                    self._archive_waits.append(batch)
+                    return
                 self._complete(batch)
                 return
             if err.fatal():
@@ -849,8 +872,8 @@ class IngestBridge:
     def _release_archived(self) -> None:
         """Poll thread (and stop): complete the delivered records the archive writer has caught up with."""
         waits, archive = self._archive_waits, self.archive
-        while waits and archive is not None and archive.covers(waits[0][0]):
-            self._complete(waits.popleft()[1])
+        while waits and archive is not None and archive.covers(waits[0].archive_mark):
+            self._complete(waits.popleft())
 
     def _queue_retry(self, batch: _Batch, delay: float | None = None) -> None:
         if delay is None:
@@ -980,6 +1003,8 @@ class IngestBridge:
         if dead:
             self._fatal(f"thread(s) {', '.join(dead)} died")
             return
+        if self.archive is not None:
+            self.archive.watch()  # a folder that died starts again: the journal waits on disk meanwhile
         if self._unacked == 0:
             self._last_delivery = now  # nothing owed is not a stall
         stall_s = self.settings.ingest_stall_exit_s
@@ -1029,9 +1054,8 @@ class IngestBridge:
     # ------------------------------------------------------------------ lifecycle
     def start(self, connect_mqtt: bool = True) -> IngestBridge:
         """Connect and run. ``connect_mqtt=False`` runs only the Kafka side, for :meth:`handle_raw`."""
-        if self.archive is not None:  # first: crashed writers' journals are folded in before new lines
-            for name, thread in self.archive.start().threads.items():
-                self.health.watch_thread(name, thread)
+        if self.archive is not None:  # its folder folds crashed writers' journals first
+            self.archive.start()
         if connect_mqtt and isinstance(self.client, MqttSession):
             self.health.watch_thread("mqtt-network", self.client.start().thread)  # it must not die
         elif connect_mqtt:
@@ -1048,7 +1072,7 @@ class IngestBridge:
         For the fuzz bench's in-process mode and tests: topics here may be bytes no broker
         would pass on (invalid UTF-8, control characters).
         """
-        self._receive(topic, payload, 0, 0)
+        self._receive_whole(topic, payload, 0, 0)
 
     def wait_until(self, predicate: Callable[[IngestBridge], bool], timeout: float = 30.0) -> bool:
         """Block until ``predicate(self)`` holds; re-checked on every message taken and record delivered."""

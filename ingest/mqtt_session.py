@@ -45,6 +45,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ingest.archive import ArchiveJournal, ReceiveMark
+from sesmon.contract.archive import SEQ_SHIFT
 from sesmon.runtime.mqtt_wire import (
     DISCONNECT,
     PINGREQ,
@@ -123,6 +125,8 @@ class MqttSession:
         probe_topic: str | None = None,
         probe_after_s: float = PROBE_AFTER_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
+        mark: ReceiveMark | None = None,
+        journal: ArchiveJournal | None = None,
     ) -> None:
         """``on_message(topic, payload, mid, qos)``: topic as raw bytes (it may not be UTF-8).
 
@@ -131,7 +135,11 @@ class MqttSession:
         it back; a probe not back within ``probe_timeout_s`` means the broker stopped delivering
         to us although the connection is up (mosquitto 2.0.11 can lose its in-flight quota for a
         client, eclipse-mosquitto/mosquitto#2362: every message then queues at the broker), so the
-        session reconnects, which resets the broker's view of what is in flight."""
+        session reconnects, which resets the broker's view of what is in flight.
+
+        ``mark``: filled before each ``on_message`` with the chunk's receive time and the message's
+        seq in ``journal``, the raw archive, which gets every received chunk as it is
+        (``ingest/archive.py``: the archive's hot path is here, a header per ``recv``)."""
         self.settings = settings
         self.endpoint = endpoint or settings.mqtt_endpoint
         self.client_id = client_id
@@ -139,6 +147,8 @@ class MqttSession:
         self.clean_session = clean_session
         self.keepalive_s = max(1, int(settings.mqtt_keepalive_s))
         self.on_message = on_message
+        self.mark = mark if mark is not None else ReceiveMark()
+        self.journal = journal
         self.on_connected = on_connected
         self.on_subscribed = on_subscribed
         self.on_disconnected = on_disconnected
@@ -367,6 +377,8 @@ class MqttSession:
         pending = b""
         keepalive = self.keepalive_s
         is_tls = isinstance(sock, ssl.SSLSocket)
+        if self.journal is not None:
+            self.journal.connected()  # what the last connection left cut is not a message: it comes again
         try:
             while True:
                 if self._stop.is_set() and self._closed(sock):
@@ -401,7 +413,7 @@ class MqttSession:
                     data = sock.recv(RECV_BYTES)
                     if not data:
                         raise ConnectionLost("closed by the broker")
-                    pending = self._parse(pending + data if pending else data)
+                    pending = self._take(data, pending)
         finally:
             selector.close()
 
@@ -453,11 +465,22 @@ class MqttSession:
         sock.sendall(b"".join(out))
         self._last_out = time.monotonic()
 
-    def _parse(self, buf: bytes) -> bytes:
-        """Dispatch every complete packet in ``buf``; returns the incomplete rest."""
+    def _take(self, data: bytes, pending: bytes) -> bytes:
+        """One ``recv``'s bytes: timed, journalled before any message of it is handed on (the bridge
+        writes the journal before each produce), parsed; returns the unfinished rest."""
+        self.mark.received_ms = received_ms = int(time.time() * 1000)
+        journal = self.journal
+        base = journal.add_chunk(received_ms, data, pending) << SEQ_SHIFT if journal is not None else 0
+        return self._parse(pending + data if pending else data, base)
+
+    def _parse(self, buf: bytes, base: int = 0) -> bytes:
+        """Dispatch every complete packet in ``buf``; returns the incomplete rest.
+
+        ``base``: the journal seq of ``buf``'s chunk; a message's is ``base | its offset in buf``."""
         pos = 0
         end = len(buf)
         deliver = self.on_message
+        mark = self.mark
         connection = self._connection << MID_BITS
         probe = self._probe_topic_bytes
         published = False
@@ -494,7 +517,10 @@ class MqttSession:
                     self._probe_sent = None
                     if qos:
                         self._outbox.append(mid)
+                    if self.journal is not None:
+                        self.journal.note_skip(base | pos)
                 else:
+                    mark.seq = base | pos
                     deliver(topic, buf[body:stop], mid, qos)
                 published = True
             else:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,10 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from ingest.archive import ArchiveWriter, recover_journals
+from ingest.archive import ArchiveJournal
+from ingest.archive_folder import fold_journals
 from ingest.bridge import IngestBridge
+from ingest.mqtt_session import MqttSession
 from sesmon.app.demo import wait_for_ingest
 from sesmon.contract.archive import (
     DISPATCH,
@@ -40,15 +41,17 @@ from sesmon.contract.archive import (
     device_partition,
     gzip_member,
     iter_archive,
-    journal_lines,
+    journal_segments,
     message_partition,
     partition_path,
     prune_archive,
+    raw_journal_lines,
     read_partition,
 )
 from sesmon.contract.registry import Registry
 from sesmon.contract.time import DAY_MS
 from sesmon.runtime.kafka import ensure_topics
+from sesmon.runtime.mqtt_wire import packet
 from sesmon.runtime.settings import Settings
 from tests.conftest import mqtt_client, publish_all, reading
 from tests.pipeline_support import stage_env
@@ -233,23 +236,25 @@ def test_days_and_retention(tmp_path: Path) -> None:
     assert prune_archive(archive, 0, today=date(2030, 1, 1)) == []  # 0: keep everything
 
 
-# --------------------------------------------------------------------------- the writer alone
+# --------------------------------------------------------------------------- the journal and the folder
 
 
-@dataclass
-class FakeRecord:
-    """What the writer reads of ingest's record of a message (ingest.archive.Archivable)."""
-
-    topic: str
-    key: bytes
-    timestamp: int
-    outcome: str
-    received_ms: int
-    reason: str | None = None
-    headers: list[tuple[str, bytes]] | None = None
+def _publish_packet(topic: bytes, payload: bytes, packet_id: int) -> bytes:
+    """A QoS 1 PUBLISH as the broker sends it."""
+    return packet(0x32, len(topic).to_bytes(2, "big") + topic + packet_id.to_bytes(2, "big") + payload)
 
 
-STREAMS = {"p.telemetry": "telemetry", "p.reports": "report", "p.dispatch": "dispatch"}
+class _Receiver:
+    """The MQTT session's receive path over a journal, without a broker: chunks in, messages out."""
+
+    def __init__(self, journal: ArchiveJournal, on_message: Any) -> None:
+        self.session = MqttSession(Settings(), "test", [], on_message, journal=journal)
+        self.pending = b""
+        journal.connected()
+
+    def feed(self, stream: bytes, chunk: int) -> None:
+        for at in range(0, len(stream), chunk):
+            self.pending = self.session._take(stream[at : at + chunk], self.pending)
 
 
 def _everything(archive: Path, start_ms: int = T0, end_ms: int | None = None) -> list[ArchivedMessage]:
@@ -258,57 +263,77 @@ def _everything(archive: Path, start_ms: int = T0, end_ms: int | None = None) ->
     return list(iter_archive(archive, start_ms=start_ms - DAY_MS, end_ms=end + DAY_MS, slack_ms=2 * DAY_MS))
 
 
-def test_writer_partitions_checkpoints_and_cleans_its_journal(tmp_path: Path) -> None:
+def _telemetry(count: int, unit: str = UNIT_A) -> list[tuple[bytes, bytes]]:
+    topic = f"sesmon/v1/elevator/{unit}/telemetry".encode()
+    return [(topic, b'{"device_id":"%s","ts":%d,"n":%d}' % (unit.encode(), T0 + i, i)) for i in range(count)]
+
+
+def test_journal_of_received_bytes_becomes_the_archive_lines(tmp_path: Path) -> None:
+    """Chunks cut packets anywhere; notes say what is not a valid reading; the folder makes the lines."""
     archive = tmp_path / "archive"
-    (archive / "2020-01-01").mkdir(parents=True)  # far past any retention: pruned at start
-    writer = ArchiveWriter(
-        archive, stream_of_topic=STREAMS, known_device={UNIT_A, UNIT_B}.__contains__, flush_s=0.05
-    ).start()
-    assert archive_days(archive) == []
-    sent: list[tuple[bytes, bytes]] = []
+    journal = ArchiveJournal(archive, known_device={UNIT_A, UNIT_B}.__contains__, folder=False).start()
+    dispatch = f"sesmon/v1/dispatch/{UNIT_A}.trapped.{T0}/firm-7".encode()
+    boiler = f"sesmon/v1/boiler/{UNIT_B}/telemetry".encode()
+    stranger = b"sesmon/v1/elevator/NOT-OURS/telemetry"
+    messages = [
+        *_telemetry(300),
+        (dispatch, b"{}"),
+        (b"sesmon/v1/reports/hazard", b"{}"),
+        (boiler, b'{"ts":%d,"x":[]}' % (T0 + 5)),
+        (stranger, b"\xff"),
+        (b"sesmon/v1/alerts/x", b"our own output"),
+        (b"\xfe/bad", b"{}"),
+    ]
+    seen: list[tuple[bytes, bytes, int]] = []
 
-    def add(topic: str | bytes, payload: bytes, record: FakeRecord) -> int:
-        topic_b = topic if isinstance(topic, bytes) else topic.encode()
-        sent.append((topic_b, payload))
-        return writer.add(topic_b, payload, record)
+    def on_message(topic: bytes, payload: bytes, _mid: int, _qos: int) -> None:
+        seq = journal_mark.seq
+        seen.append((topic, payload, seq))
+        if topic == dispatch:
+            journal.note_valid(seq, topic, T0, "dispatch")
+        elif topic == b"sesmon/v1/reports/hazard":
+            journal.note_valid(seq, topic, T0, "report")
+        elif topic == boiler:
+            journal.note_dead(seq, topic, payload, "invalid", "ts: bad")
+        elif topic == stranger:
+            journal.note_dead(seq, topic, payload, "not_json", None)
+        elif topic.startswith(b"sesmon/v1/alerts/"):
+            journal.note_skip(seq)
+        elif topic == b"\xfe/bad":
+            journal.note_dead(seq, topic, payload, "bad_topic", "not UTF-8")
 
-    tele = f"sesmon/v1/elevator/{UNIT_A}/telemetry"
-    for i in range(300):
-        add(tele, b'{"n":%d}' % i, FakeRecord("p.telemetry", UNIT_A.encode(), T0 + i, "produced", T0 + i))
-    add(
-        f"sesmon/v1/dispatch/{UNIT_A}.trapped.{T0}/firm-7",
-        b"{}",
-        FakeRecord("p.dispatch", b"x", T0, "produced", T0 + 400),
-    )
-    add("sesmon/v1/reports/hazard", b"{}", FakeRecord("p.reports", b"hazard", T0, "produced", T0 + 401))
-    dead = FakeRecord("dl", b"", 0, "dead_lettered", T0 + 402, "invalid", [("detail", b"ts: bad")])
-    add(f"sesmon/v1/boiler/{UNIT_B}/telemetry", b'{"ts":%d,"x":[]}' % (T0 + 5), dead)
-    junk = FakeRecord("dl", b"", 0, "dead_lettered", T0 + 403, "not_json")
-    add("sesmon/v1/elevator/NOT-OURS/telemetry", b"\xff", junk)
-    last = add(b"\xfe/bad", b"{}", FakeRecord("dl", b"", 0, "dead_lettered", T0 + 404, "bad_topic"))
-    assert not writer.covers(last)
-    writer.write_pending()  # the bridge's part, before it produces a Kafka record
-    assert writer.covers(last)
-    writer.close()
-    assert not writer.thread.is_alive()
-    assert list((archive / JOURNAL_DIR).iterdir()) == []  # a clean stop leaves no journal
-    day = day_name(T0)
-    names = sorted(p.name for p in (archive / day).iterdir())
-    assert names == sorted(f"{n}.jsonl.gz" for n in (UNIT_A, UNIT_B, DISPATCH, REPORTS, UNKNOWN))
+    receiver = _Receiver(journal, on_message)
+    journal_mark = receiver.session.mark
+    stream = b"".join(_publish_packet(t, p, i % 65535 + 1) for i, (t, p) in enumerate(messages))
+    receiver.feed(stream, 777)  # every chunk boundary in the middle of some packet
+    assert [(t, p) for t, p, _ in seen] == messages
+    mark = journal.write_pending()  # the bridge's part, before it produces a Kafka record
+    assert journal.covers(mark) and journal.counters["notes"] == 6
+    journal.close()
+    archived = [m for m in messages if not m[0].startswith(b"sesmon/v1/alerts/")]
+    assert fold_journals(archive) == len(archived)
+    assert list((archive / JOURNAL_DIR).iterdir()) == []
     got = _everything(archive)
-    assert [(m.topic_bytes, m.payload_bytes) for m in got] == sent
-    assert [m.seq for m in got] == list(range(1, len(sent) + 1))
+    assert [(m.topic_bytes, m.payload_bytes) for m in got] == archived
+    assert [m.seq for m in got] == [seq for t, _p, seq in seen if not t.startswith(b"sesmon/v1/alerts/")]
+    assert [m.ts for m in got[:300]] == [T0 + i for i in range(300)]
     by_topic = {m.topic_bytes: m for m in got}
-    assert by_topic[f"sesmon/v1/dispatch/{UNIT_A}.trapped.{T0}/firm-7".encode()].publisher == "firm-7"
-    boiler = by_topic[f"sesmon/v1/boiler/{UNIT_B}/telemetry".encode()]
-    assert (boiler.verdict, boiler.reason, boiler.detail, boiler.ts) == (
+    assert by_topic[dispatch].publisher == "firm-7" and by_topic[dispatch].ts == T0
+    assert (
+        by_topic[boiler].verdict,
+        by_topic[boiler].reason,
+        by_topic[boiler].detail,
+        by_topic[boiler].ts,
+    ) == (
         "deadletter",
         "invalid",
         "ts: bad",
         T0 + 5,
     )
-    assert writer.counters["appends"] >= 5 and writer.counters["lines"] == len(sent)
-    # the writer's inline formatting of the common message is the format's own, byte for byte
+    day = day_name(got[0].received_ms)
+    names = sorted(p.name for p in (archive / day).iterdir())
+    assert names == sorted(f"{n}.jsonl.gz" for n in (UNIT_A, UNIT_B, DISPATCH, REPORTS, UNKNOWN))
+    # a reading's line, made without archive_line, is the format's own byte for byte
     raw_lines = gzip.decompress(partition_path(archive, day, UNIT_A).read_bytes()).splitlines()
     assert len(raw_lines) == 300
     for raw, m in zip(raw_lines, got, strict=False):
@@ -316,76 +341,141 @@ def test_writer_partitions_checkpoints_and_cleans_its_journal(tmp_path: Path) ->
         assert raw == archive_line(topic=m.topic_bytes, payload=m.payload_bytes, verdict="ok", **fields)
 
 
-def test_writers_in_several_threads_take_turns(tmp_path: Path) -> None:
-    """The bridge's MQTT and poll threads both call write_pending (before each Kafka record): one may
-    find the queue emptied by the other; every message is journalled once, covered, in seq order."""
+def test_a_new_segment_repeats_the_packet_the_last_one_cut(tmp_path: Path) -> None:
+    """Segments rotate at a chunk's start, mid-packet: each reads alone, every message once."""
     archive = tmp_path / "archive"
-    fatals: list[str] = []
-    writer = ArchiveWriter(archive, stream_of_topic=STREAMS, flush_s=3600, on_fatal=fatals.append).start()
-    tele = f"sesmon/v1/elevator/{UNIT_A}/telemetry".encode()
-    per_thread, threads = 2000, 4
+    journal = ArchiveJournal(archive, folder=False, max_segment_bytes=1000).start()
+    messages = _telemetry(200)
+    receiver = _Receiver(journal, lambda *_args: None)
+    receiver.feed(b"".join(_publish_packet(t, p, i + 1) for i, (t, p) in enumerate(messages)), 301)
+    journal.close()
+    segments = journal_segments(archive)
+    assert len(segments) > 10 and journal.counters["segments"] == len(segments)
+    each = [list(raw_journal_lines(s.read_bytes(), s, ReadStats())) for s in segments]
+    assert sum(map(len, each)) == len(messages)  # no segment repeats a message the cut packet held
+    assert fold_journals(archive) == len(messages)
+    assert [(m.topic_bytes, m.payload_bytes) for m in _everything(archive)] == messages
 
+
+def test_several_threads_write_and_each_mark_is_covered(tmp_path: Path) -> None:
+    """The bridge's MQTT and poll threads both write the journal before producing: one may find the
+    queue emptied by the other; whatever was queued before a mark is written when it returns."""
+    archive = tmp_path / "archive"
+    journal = ArchiveJournal(archive, folder=False).start()
+    messages = _telemetry(3000)
     uncovered: list[int] = []
+    done = threading.Event()
 
-    def produce(n: int) -> None:
-        for i in range(per_thread):
-            record = FakeRecord("p.telemetry", UNIT_A.encode(), T0, "produced", T0 + i)
-            seq = writer.add(tele, b'{"t":%d,"i":%d}' % (n, i), record)
-            writer.write_pending()
-            if not writer.covers(seq):
-                uncovered.append(seq)
+    def write() -> None:
+        while not done.is_set():
+            mark = journal.write_pending()
+            if not journal.covers(mark):
+                uncovered.append(mark)
 
-    workers = [threading.Thread(target=produce, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
-    writer.close()
-    assert fatals == [] and uncovered == []
+    writers = [threading.Thread(target=write) for _ in range(3)]
+    for writer in writers:
+        writer.start()
+    receiver = _Receiver(journal, lambda *_args: None)
+    receiver.feed(b"".join(_publish_packet(t, p, i % 65535 + 1) for i, (t, p) in enumerate(messages)), 97)
+    done.set()
+    for writer in writers:
+        writer.join(60)
+    journal.close()
+    assert uncovered == []
+    fold_journals(archive)
+    assert [(m.topic_bytes, m.payload_bytes) for m in _everything(archive)] == messages
+
+
+def test_a_message_that_came_without_its_packet_is_journalled_as_one(tmp_path: Path) -> None:
+    """paho's receive path and ``handle_raw`` hand over topic and payload: journalled as a PUBLISH."""
+    archive = tmp_path / "archive"
+    journal = ArchiveJournal(archive, folder=False).start()
+    messages = [*_telemetry(2), (b"sesmon/v1/elevator/" + b"x" * 300 + b"/telemetry", b"y" * 70_000)]
+    now = int(time.time() * 1000)
+    seqs = [journal.add_message(now, topic, payload) for topic, payload in messages]
+    journal.note_dead(seqs[2], *messages[2], "oversize", "70000 bytes")
+    assert journal.add_message(now, b"t" * 70_000, b"{}") == 0  # no MQTT packet holds that topic
+    journal.close()
+    assert fold_journals(archive) == 3
     got = _everything(archive)
-    assert sorted(m.seq for m in got) == list(range(1, per_thread * threads + 1))  # each once
-    assert len({m.payload_bytes for m in got}) == per_thread * threads
+    assert [(m.topic_bytes, m.payload_bytes) for m in got] == messages
+    assert [m.seq for m in got] == seqs and got[2].reason == "oversize" and got[2].ts is None
 
 
 def test_crashed_writers_journal_is_read_then_folded_in(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
-    writer = ArchiveWriter(archive, stream_of_topic=STREAMS, flush_s=3600).start()
-    tele = f"sesmon/v1/elevator/{UNIT_A}/telemetry".encode()
-    seqs = [
-        writer.add(tele, b"%d" % i, FakeRecord("p.telemetry", UNIT_A.encode(), T0, "produced", T0 + i))
-        for i in range(50)
-    ]
-    writer.write_pending()
-    assert writer.covers(seqs[-1])
-    writer.abort()  # as kill -9: the lines are only in the journal
-    assert not (archive / day_name(T0)).exists()
-    assert [m.payload_bytes for m in _everything(archive)] == [b"%d" % i for i in range(50)]
-    assert recover_journals(archive) == 50
+    journal = ArchiveJournal(archive, folder=False).start()
+    messages = _telemetry(50)
+    _Receiver(journal, lambda *_args: None).feed(
+        b"".join(_publish_packet(t, p, i + 1) for i, (t, p) in enumerate(messages)), 4096
+    )
+    journal.write_pending()
+    journal.abort()  # as kill -9: the messages are only in the journal
+    assert not (archive / day_name(int(time.time() * 1000))).exists()
+    assert [(m.topic_bytes, m.payload_bytes) for m in _everything(archive)] == messages  # readers read it
+    assert fold_journals(archive) == 50
     assert list((archive / JOURNAL_DIR).iterdir()) == []
-    assert [m.payload_bytes for m in _everything(archive)] == [b"%d" % i for i in range(50)]
+    assert [(m.topic_bytes, m.payload_bytes) for m in _everything(archive)] == messages
     # a live writer's journal is not taken for a crashed one
-    live = ArchiveWriter(archive, stream_of_topic=STREAMS, flush_s=3600).start()
-    live.add(tele, b"live", FakeRecord("p.telemetry", UNIT_A.encode(), T0, "produced", T0 + 99))
-    assert recover_journals(archive) == 0
+    live = ArchiveJournal(archive, folder=False).start()
+    _Receiver(live, lambda *_args: None).feed(_publish_packet(*_telemetry(51)[-1], 1), 4096)
+    live.write_pending()
+    assert fold_journals(archive) == 0
     live.close()
-    assert [m.payload_bytes for m in _everything(archive)][-1] == b"live"
+    assert fold_journals(archive) == 1
+    assert len(_everything(archive)) == 51
 
 
-def test_crash_recovery_puts_dead_letters_where_the_live_writer_would(tmp_path: Path) -> None:
-    """A dead letter of an unregistered unit goes to ``_unknown`` live; folded in after a crash too."""
+def test_dead_letters_go_where_the_registry_says_also_after_a_crash(tmp_path: Path) -> None:
+    """A dead letter of an unregistered unit goes to ``_unknown`` (junk ids make no file each)."""
     archive = tmp_path / "archive"
-    registered = {UNIT_A}.__contains__
-    stranger = "GZE9999999"
-    writer = ArchiveWriter(archive, stream_of_topic=STREAMS, flush_s=3600, known_device=registered).start()
-    for i, unit in enumerate((UNIT_A, stranger)):
-        topic = f"sesmon/v1/elevator/{unit}/telemetry".encode()
-        record = FakeRecord("dl", b"", 0, "dead_lettered", T0 + i, "not_json")
-        writer.add(topic, b"{", record)
-    writer.write_pending()
-    writer.abort()  # as kill -9: the lines are only in the journal
-    assert recover_journals(archive, known_device=registered) == 2
-    names = {p.name.split(".")[0] for p in (archive / day_name(T0)).iterdir()}
-    assert names == {UNIT_A, UNKNOWN}
+    journal = ArchiveJournal(archive, folder=False, known_device={UNIT_A}.__contains__).start()
+
+    def on_message(topic: bytes, payload: bytes, _mid: int, _qos: int) -> None:
+        journal.note_dead(receiver.session.mark.seq, topic, payload, "not_json", None)
+
+    receiver = _Receiver(journal, on_message)
+    topics = [f"sesmon/v1/elevator/{unit}/telemetry".encode() for unit in (UNIT_A, "GZE9999999")]
+    receiver.feed(b"".join(_publish_packet(t, b"{", 1) for t in topics), 4096)
+    journal.write_pending()
+    journal.abort()
+    assert fold_journals(archive) == 2
+    day = day_name(int(time.time() * 1000))
+    assert {p.name.split(".")[0] for p in (archive / day).iterdir()} == {UNIT_A, UNKNOWN}
+
+
+def test_an_older_ingests_journal_of_json_lines_is_still_read_and_folded(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    (archive / JOURNAL_DIR).mkdir(parents=True)
+    lines = [_line(i + 1, T0 + i, *_telemetry(3)[i]) for i in range(3)]
+    (archive / JOURNAL_DIR / "host-1-2.000001.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    assert [m.seq for m in _everything(archive)] == [1, 2, 3]
+    assert fold_journals(archive) == 3
+    assert read_partition(partition_path(archive, day_name(T0), UNIT_A))[2].seq == 3
+
+
+def test_the_folder_process_folds_rotated_segments_and_ends_with_close(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    journal = ArchiveJournal(archive, flush_s=0.2).start()
+    receiver = _Receiver(journal, lambda *_args: None)
+    messages = _telemetry(40)
+    packets = [_publish_packet(t, p, i + 1) for i, (t, p) in enumerate(messages)]
+    folder = journal.folder
+    assert folder is not None and folder.process is not None
+    deadline = time.monotonic() + 60
+    sent = 0
+    while not any(archive.glob("*/*.jsonl.gz")):  # a rotated segment, folded while ingest runs
+        assert time.monotonic() < deadline, "the folder folded nothing"
+        if sent < len(packets) - 1:
+            receiver.feed(packets[sent], 4096)
+            sent += 1
+        journal.write_pending()
+        time.sleep(0.05)
+    receiver.feed(b"".join(packets[sent:]), 4096)
+    journal.close()  # SIGTERM: the folder folds the last segment, then ends
+    assert folder.process.returncode == 0
+    assert list((archive / JOURNAL_DIR).iterdir()) == []
+    assert [(m.topic_bytes, m.payload_bytes) for m in _everything(archive)] == messages
 
 
 # --------------------------------------------------------------------------- a real ingest
@@ -451,7 +541,7 @@ def test_ingest_archives_every_message_it_acks_valid_and_dead(
     window = {"start_ms": NOW, "end_ms": NOW + 1000, "slack_ms": slack_ms}
     only_unit = list(iter_archive(archive, devices={elevators[0]}, **window))
     assert {m.topic.split("/")[2] for m in only_unit} == {"elevator", "dispatch", "reports"}
-    assert snapshot["archive_lines"] == len(messages)
+    assert snapshot["archive_notes"] == len(others)  # the readings' bytes say all: no note
     assert snapshot.get("archive_ack_waits", 0) == 0  # journalled before produced: no ack waited
 
 
@@ -471,7 +561,7 @@ def test_acks_wait_while_the_journal_cannot_be_written(settings: Settings, fleet
     assert archive is not None and bridge.wait_connected()
     read_only = os.open(os.devnull, os.O_RDONLY)  # every write to it fails (EBADF)
     with archive._lock:
-        journal_fd, archive._journal_fd = archive._journal_fd, read_only
+        journal_fd, archive._fd = archive._fd, read_only
     messages = [reading(elevators[i % 3], i, NOW + i, moving=False) for i in range(200)]
     client = mqtt_client(settings)
     try:
@@ -479,21 +569,20 @@ def test_acks_wait_while_the_journal_cannot_be_written(settings: Settings, fleet
             client.publish(topic, payload, qos=1)
         _wait_for(lambda: bridge.counters["archive_ack_waits"] > 0, "a delivered record whose acks wait")
         _wait_for(lambda: archive.counters["write_errors"] > 1, "the poll thread to try the write again")
-        assert bridge.counters["produced"] == 0 and archive.written_seq == 0
+        assert bridge.counters["produced"] == 0 and archive._written == 0
         with archive._lock:
-            archive._journal_fd = journal_fd
+            archive._fd = journal_fd
         assert bridge.wait_until(lambda b: b.counters["produced"] == len(messages), 60)
         assert bridge.snapshot()["archive_waiting_records"] == 0
     finally:
         with archive._lock:
-            archive._journal_fd = journal_fd
+            archive._fd = journal_fd
         os.close(read_only)
         bridge.stop()
         client.disconnect()
     assert FATALS == []
     got = _everything(default_archive_dir(settings.data_dir), NOW)
     assert [(m.topic, m.payload_bytes) for m in got] == messages
-    assert archive.counters["lines"] == len(messages)
 
 
 def test_kill_9_of_ingest_loses_no_acked_message(
@@ -540,9 +629,7 @@ def test_kill_9_of_ingest_loses_no_acked_message(
         for info in infos:  # the broker has them all, in ingest's session or acked by it
             info.wait_for_publish(30)
         client.disconnect()
-        archived = {m.payload_bytes for m in _everything(archive, NOW)}
-        journal_left = list((archive / JOURNAL_DIR).iterdir())
-        assert journal_left, "a killed ingest leaves its journal"
+        archived = {m.payload_bytes for m in _everything(archive, NOW)}  # partition files and journal
 
         # what ingest did not ack, its persistent session still holds: take it over and drain it
         redelivered: set[bytes] = set()
@@ -575,11 +662,10 @@ def test_kill_9_of_ingest_loses_no_acked_message(
         acked = everything - redelivered
         assert len(acked) >= total // 10, "too little acked before the kill for the test to mean anything"
         assert acked <= archived
-        # the next start folds the crashed journal into the partition files: every line it holds (none
-        # when the kill came right after a checkpoint had opened a fresh segment: it is removed all the same)
-        left_lines = sum(1 for path in journal_left for _ in journal_lines(path, ReadStats()))
-        assert recover_journals(archive) == left_lines
-        assert list((archive / JOURNAL_DIR).iterdir()) == []
+        # the killed ingest's folder (its child, now an orphan) folds the journal it left, then ends
+        _wait_for(
+            lambda: not list((archive / JOURNAL_DIR).iterdir()), "the orphaned folder to fold the journal"
+        )
         assert {m.payload_bytes for m in _everything(archive, NOW)} == archived
     finally:
         if proc.poll() is None:

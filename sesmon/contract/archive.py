@@ -11,7 +11,7 @@ Layout under ``<data dir>/archive/`` (format version :data:`FORMAT_VERSION`)::
         _dispatch.jsonl.gz                dispatch actions (keyed by alert_id), valid or not
         _reports.jsonl.gz                 reports that name no unit (a unit's go to its file, a hazard's too)
         _unknown.jsonl.gz                 messages of no known unit (bad topic, unknown device, ...)
-    _journal/<writer>.<segment>.jsonl     write-ahead journal of the running (or a crashed) ingest
+    _journal/<writer>.<segment>.mqtt      raw journal of the running (or a crashed) ingest
     FORMAT                                "sesmon-archive 1"
 
 A partition file is a gzip stream of members appended one per flush (concatenated members are a
@@ -21,17 +21,19 @@ write into the special partitions; which partition a message belongs to is
 :func:`message_partition` (ingest also sends dead letters of units not in the registry to
 ``_unknown``, so junk device ids cannot make a file each).
 
-A journal segment holds the same JSON lines, uncompressed: ingest appends every message there
-before it acknowledges it (one ``write`` per batch, every few ms), and appends lines to the
-partition files only at a checkpoint (every ``SESMON_ARCHIVE_FLUSH_S`` or when its buffers are
-full: 10,000 units must not mean 10,000 file appends a second). A segment is deleted once all its
-lines are in partition files; the segments of a crashed ingest are folded in at its next start.
-Readers read the journal segments too, so the archive is complete at any moment, and a line
-found in both places is yielded once (key ``(received_ms, seq, writer)``).
+A journal segment holds what ingest's MQTT session received, as received, and a note for each
+message that is not a valid device reading (the raw journal, described below
+:func:`journal_lines`): ingest appends there before it acknowledges a message (one ``write`` per
+Kafka record, every few ms), and its folder process (``ingest/archive_folder.py``) turns each
+finished segment into lines appended to the partition files, then deletes it: 10,000 units must
+not mean 10,000 file appends a second, nor ingest's CPU. Readers read the journal segments too,
+so the archive is complete at any moment, and a line found in both places is yielded once (key
+``(received_ms, seq, writer)``). Segments of JSON lines (``.jsonl``, written by ingest before the
+raw journal) are still read and folded.
 
-Ordering: ``seq`` is a per-ingest-process counter in receive order and ``writer`` names the
-process, so ``(received_ms, seq, writer)`` restores the order in which ingest received the
-messages (across processes: by receive time).
+Ordering: ``seq`` grows with the receive order within one ingest process (the raw journal's
+chunk number and offset) and ``writer`` names the process, so ``(received_ms, seq, writer)``
+restores the order in which ingest received the messages (across processes: by receive time).
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ import gzip
 import logging
 import re
 import shutil
+import struct
 import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from itertools import islice
 from operator import itemgetter, ne
 from pathlib import Path
@@ -74,6 +77,7 @@ SPECIAL_PARTITIONS = frozenset({DISPATCH, REPORTS, UNKNOWN})
 #: terminals send late); a reading of device time inside the window received later than this is not read
 DEFAULT_SLACK_MS = 3_600_000
 DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DEAD_TS_MAX_BYTES = 64 * 1024  # a device time is looked for in bodies up to this size
 DAY_DIR = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -528,19 +532,25 @@ _order = itemgetter(0, 1, 2)
 
 
 def journal_segments(archive_dir: Path) -> list[Path]:
-    """The journal segments present, oldest name first (a segment's name is ``<writer>.<n>.jsonl``)."""
+    """The journal segments present, oldest name first (``<writer>.<n>.mqtt``; ``.jsonl``: format 1's)."""
     journal = Path(archive_dir) / JOURNAL_DIR
     if not journal.is_dir():
         return []
-    return sorted(journal.glob(f"*{JOURNAL_SUFFIX}"))
+    return sorted(p for p in journal.iterdir() if p.suffix in (RAW_JOURNAL_SUFFIX, JOURNAL_SUFFIX))
 
 
-def journal_lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, bytes]]:
-    """(line number, JSON) of a journal segment. Its last line may be unfinished (being written, or
-    cut by a crash before ingest acked it): counted in ``stats.journal_partial``, not an error."""
+def journal_lines(path: Path, stats: ReadStats, strict: bool = True) -> Iterator[tuple[int, bytes]]:
+    """(number, archive line) of a journal segment, raw (``.mqtt``) or of JSON lines (``.jsonl``).
+
+    Its end may be unfinished (being written, cut by a crash before ingest acked it, or a packet
+    the next segment carries): counted in ``stats.journal_partial``, not an error."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:  # folded into the partitions and deleted since it was listed
+        return
+    if path.suffix == RAW_JOURNAL_SUFFIX:
+        for number, (_day, _partition, line) in enumerate(raw_journal_lines(data, path, stats, strict), 1):
+            yield number, line
         return
     lines = data.split(b"\n")
     if lines and lines[-1]:
@@ -548,6 +558,213 @@ def journal_lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, bytes]]:
     for number, raw in enumerate(lines[:-1], 1):
         if raw:
             yield number, raw
+
+
+# --------------------------------------------------------------------------- the raw journal
+#
+# What ingest writes on its hot path (ingest/archive.py): the bytes its MQTT session received, as
+# received, plus a note for each message that is not a valid device reading. Everything an archive
+# line says is derived from these here, off the hot path (ingest's folder process, or a reader).
+#
+# A segment is a sequence of records, each RAW_RECORD (kind, body length, receive time in epoch ms,
+# number) then the body:
+#   CHUNK   the bytes of one recv() (or one message, paho's path), numbered 1, 2, ... per writer:
+#           MQTT packets, the first and the last possibly cut (continued by the next chunk)
+#   CARRY   the first record of a segment when a packet was cut at its start: that packet's head
+#   CONNECT a new connection: what an earlier chunk left unfinished is dropped (the broker resends it)
+#   NOTE    JSON: ``seq``, ``verdict`` ("ok", "deadletter", "skip": not archived, e.g. our own
+#           output), and ``ts``, ``reason``, ``detail``, ``publisher``, ``partition`` as they apply
+# A PUBLISH packet completed by chunk N at offset P of (carried bytes + chunk) is the message of seq
+# ``N << SEQ_SHIFT | P``, received at chunk N's time. A message without a note is a valid
+# telemetry, event or status reading (ingest's fast path): its ``ts`` is the body's.
+
+RAW_JOURNAL_SUFFIX = ".mqtt"
+RAW_RECORD = struct.Struct("<cIqQ")
+CHUNK, CARRY, CONNECT, NOTE = b"P", b"L", b"C", b"V"
+RAW_KINDS = frozenset({CHUNK, CARRY, CONNECT, NOTE})
+SEQ_SHIFT = 32
+NOTE_FIELDS = frozenset({"seq", "verdict", "ts", "reason", "detail", "publisher", "partition"})
+PLAIN_TOPIC = re.compile(rb'[^"\\\x00-\x1f]*')  # what orjson writes unescaped (UTF-8 is checked apart)
+
+
+def raw_record(kind: bytes, received_ms: int, number: int, body: bytes | bytearray) -> bytes:
+    """A raw journal record's header (the body follows it)."""
+    return RAW_RECORD.pack(kind, len(body), received_ms, number)
+
+
+def plain_line_format(writer: str) -> bytes:
+    """``%``-format of a valid reading's line (received_ms, seq, topic, ts, payload as JSON): byte for
+    byte :func:`archive_line`'s (a test checks it), for a topic :data:`PLAIN_TOPIC` matches."""
+    return (
+        b'{"received_ms":%d,"seq":%d,"writer":' + orjson.dumps(writer) + b',"topic":"%s","ts":%d,'
+        b'"verdict":"ok","payload":%s}'
+    )
+
+
+def device_time(payload: bytes) -> int | None:
+    """The device time of a body, when it is a JSON object with a usable ``ts`` (epoch ms or RFC 3339
+    text with an offset): a valid reading's ``ts``, or what a dead letter's body claims."""
+    if len(payload) > DEAD_TS_MAX_BYTES:
+        return None
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    ts = body.get("ts") if type(body) is dict else None
+    if type(ts) is int and 0 < ts < 10**14:
+        return ts
+    if type(ts) is str:
+        try:
+            when = datetime.fromisoformat(ts)
+        except ValueError:
+            return None
+        if when.tzinfo is not None:
+            return int(when.timestamp() * 1000)
+    return None
+
+
+def _plain_topic(topic: bytes, plain: set[bytes]) -> bool:
+    """Does JSON write ``topic`` as it is (valid UTF-8, no quote, backslash or control byte)? Remembered."""
+    if PLAIN_TOPIC.fullmatch(topic) is None:
+        return False
+    try:
+        topic.decode()
+    except UnicodeDecodeError:
+        return False
+    plain.add(topic)
+    return True
+
+
+class RawJournalError(ValueError):
+    """A raw journal that does not follow its format: where and what."""
+
+
+def _publishes(buf: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    """(offset, topic, payload) of each whole PUBLISH in ``buf``, and where the unfinished rest starts."""
+    found = []
+    pos, end = 0, len(buf)
+    while end - pos >= 2:
+        header = buf[pos]
+        length, shift, at = 0, 0, pos + 1
+        while True:
+            if at >= end:
+                return found, pos  # the length itself is cut
+            byte = buf[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+            if shift > 21:
+                raise RawJournalError(f"offset {pos}: remaining length longer than 4 bytes")
+        stop = at + length
+        if stop > end:
+            break
+        if header >> 4 == 3:
+            qos = (header >> 1) & 0x03
+            if length < 2 or qos > 1:
+                raise RawJournalError(f"offset {pos}: not a PUBLISH ingest takes (QoS {qos}, {length} bytes)")
+            topic_end = at + 2 + ((buf[at] << 8) | buf[at + 1])
+            body = topic_end + 2 * qos
+            if body > stop:
+                raise RawJournalError(f"offset {pos}: PUBLISH topic longer than the packet")
+            found.append((pos, buf[at + 2 : topic_end], buf[body:stop]))
+        pos = stop
+    return found, pos
+
+
+def raw_journal_lines(
+    data: bytes, where: Path | str, stats: ReadStats, strict: bool = True
+) -> Iterator[tuple[str, str, bytes]]:
+    """(day, partition, archive line) of every message of a raw journal segment, in receive order.
+
+    ``where``: the segment's path, whose name gives the writer (``<writer>.<n>.mqtt``)."""
+    writer = Path(where).name.split(".", 1)[0]
+    size = RAW_RECORD.size
+    records = []
+    notes: dict[int, dict[str, Any]] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < size:
+            stats.journal_partial += 1
+            break
+        kind, length, received_ms, number = RAW_RECORD.unpack_from(data, pos)
+        body_end = pos + size + length
+        if kind not in RAW_KINDS:
+            _problem(stats, strict, f"{where}@{pos}", f"unknown journal record {kind!r}")
+            break
+        if body_end > end:
+            stats.journal_partial += 1
+            break
+        body = data[pos + size : body_end]
+        if kind == NOTE:
+            try:
+                note = orjson.loads(body)
+                if (
+                    type(note) is not dict
+                    or not note.keys() <= NOTE_FIELDS
+                    or type(note.get("seq")) is not int
+                ):
+                    raise ValueError("not a note")
+                notes[note.pop("seq")] = note
+            except ValueError as exc:
+                _problem(stats, strict, f"{where}@{pos}", f"bad note ({exc})")
+        else:
+            records.append((kind, received_ms, number, body))
+        pos = body_end
+    line_of, dumps = plain_line_format(writer), orjson.dumps
+    plain: set[bytes] = set()
+    partitions: dict[bytes, str] = {}
+    buf = b""
+    day, start, stop = "", 0, 0
+    for kind, received_ms, number, body in records:
+        if kind == CONNECT:
+            buf = b""
+            continue
+        if kind == CARRY:
+            buf = body
+            continue
+        buf = buf + body if buf else body
+        try:
+            found, rest = _publishes(buf)
+        except RawJournalError as exc:
+            _problem(stats, strict, f"{where}#{number}", str(exc))
+            buf = b""
+            continue
+        buf = buf[rest:]
+        if not start <= received_ms < stop:
+            day = day_name(received_ms)
+            start, stop = day_bounds(day)
+        base = number << SEQ_SHIFT
+        for offset, topic, payload in found:
+            seq = base | offset
+            note = notes.pop(seq, None)
+            if note is None:  # a valid reading (ingest's fast path): its topic names its unit
+                partition = partitions.get(topic)
+                if partition is None:
+                    partition = partitions[topic] = message_partition(topic, payload, "ok")
+                ts = device_time(payload)
+                if ts is not None and (topic in plain or _plain_topic(topic, plain)):
+                    try:
+                        text = payload.decode()
+                    except UnicodeDecodeError:  # not UTF-8: archive_line writes it as base64
+                        pass
+                    else:
+                        yield day, partition, line_of % (received_ms, seq, topic, ts, dumps(text))
+                        continue
+                note = {"verdict": "ok", "ts": ts}
+            elif note["verdict"] == "skip":
+                continue
+            else:
+                partition = note.pop("partition", None) or message_partition(
+                    topic, payload, note["verdict"], note.get("reason")
+                )
+            line = archive_line(
+                received_ms=received_ms, seq=seq, writer=writer, topic=topic, payload=payload, **note
+            )
+            yield day, partition, line
+    if buf:
+        stats.journal_partial += 1  # a packet the next segment carries (or one a crash cut)
 
 
 def _journal_records(
@@ -563,7 +780,7 @@ def _journal_records(
     found = []
     for path in journal_segments(archive_dir):
         stats.files += 1
-        for number, raw in journal_lines(path, stats):
+        for number, raw in journal_lines(path, stats, strict):
             stats.lines += 1
             msg = _parse(raw, f"{path}:{number}", stats, strict)
             # the window first: a running ingest's journal is mostly of now, not of the window
@@ -763,6 +980,7 @@ __all__ = [
     "day_name",
     "default_archive_dir",
     "device_partition",
+    "device_time",
     "gzip_block",
     "gzip_member",
     "iter_archive",
@@ -771,6 +989,9 @@ __all__ = [
     "message_partition",
     "partition_bytes",
     "partition_path",
+    "plain_line_format",
     "prune_archive",
+    "raw_journal_lines",
+    "raw_record",
     "read_partition",
 ]

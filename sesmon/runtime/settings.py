@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     archive: bool = True  # SESMON_ARCHIVE=false: no archive (and no replay of this data)
     archive_dir: Path | None = None  # default <data_dir>/archive
     archive_retention_days: int = 400  # days older than this (local) are deleted; 0 = keep for ever
-    archive_flush_s: float = 30.0  # partition files are appended at most this often (journal in between)
+    archive_flush_s: float = 30.0  # a new raw journal segment this often, folded into the partition files
 
     # --- rules / streams ---
     heartbeat_s: float = 60.0

@@ -1,0 +1,160 @@
+"""The raw archive's folder: ingest's journal segments into the day/unit partition files.
+
+Run by ingest as a child process (``ingest.archive.FolderProcess``), so that parsing the
+received bytes, formatting the lines and compressing them costs ingest's process nothing
+(issue 12: the archive may add < 5 % to ingest's cost per reading). It takes every segment no
+live process holds (``flock``): rotated ones of the running ingest, and those of a crashed one,
+appends each partition's lines as one gzip member and deletes the segment. A crash in between
+leaves lines in both places; readers drop the repeat (``sesmon.contract.archive``).
+
+It ends after a last pass when ingest sends SIGTERM (a clean stop: no journal left) or when
+ingest is gone (a kill: the segment it held is folded too). Days older than the retention are
+deleted at its start and when the local day changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ingest.archive import append_member, known_unit_partition
+from sesmon.contract.archive import (
+    RAW_JOURNAL_SUFFIX,
+    ArchivedMessage,
+    ReadStats,
+    day_name,
+    journal_lines,
+    journal_segments,
+    message_partition,
+    partition_path,
+    prune_archive,
+    raw_journal_lines,
+)
+from sesmon.contract.time import local_date
+
+log = logging.getLogger("sesmon.ingest.archive_folder")
+
+NICE = 10  # below the stages: the journal can wait, a reading cannot
+
+
+def fold_journals(
+    archive_dir: Path, *, keep: Path | None = None, known_device: Callable[[str], Any] | None = None
+) -> int:
+    """Fold every journal segment no live writer holds into the partition files; returns lines folded.
+
+    A segment whose ``flock`` is held belongs to a live writer and is left alone (``keep``: ours).
+    A segment with an unreadable part is renamed ``.bad`` after folding the rest (kept for a human).
+    ``known_device``: for format-1 (``.jsonl``) segments, whose dead letters carry no partition.
+    """
+    folded = 0
+    for path in journal_segments(archive_dir):
+        if keep is not None and path == keep:
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer's (or another folder's)
+            if not path.exists():
+                continue  # folded and deleted by another folder meanwhile
+            stats = ReadStats()
+            if path.suffix == RAW_JOURNAL_SUFFIX:
+                by_partition = _raw_partitions(path, stats)
+            else:
+                by_partition = _line_partitions(path, stats, known_device)
+            for (day, partition), lines in by_partition.items():
+                target = partition_path(archive_dir, day, partition)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                append_member(target, lines)
+                folded += len(lines)
+            if stats.corrupt:
+                log.error("archive: %s has unreadable parts (%s); kept as .bad", path, stats.problems[:3])
+                os.replace(path, path.with_suffix(".bad"))
+            else:
+                os.unlink(path)
+            log.debug("archive: folded %s (%d lines)", path.name, folded)
+        finally:
+            os.close(fd)
+    return folded
+
+
+def _raw_partitions(path: Path, stats: ReadStats) -> dict[tuple[str, str], list[bytes]]:
+    by_partition: dict[tuple[str, str], list[bytes]] = {}
+    for day, partition, line in raw_journal_lines(path.read_bytes(), path, stats, strict=False):
+        kept = by_partition.get((day, partition))
+        if kept is None:
+            kept = by_partition[(day, partition)] = []
+        kept.append(line)
+    return by_partition
+
+
+def _line_partitions(
+    path: Path, stats: ReadStats, known_device: Callable[[str], Any] | None
+) -> dict[tuple[str, str], list[bytes]]:
+    """A format-1 segment (JSON lines, written by an ingest before the raw journal)."""
+    by_partition: dict[tuple[str, str], list[bytes]] = {}
+    for number, line in journal_lines(path, stats, strict=False):
+        try:
+            msg = ArchivedMessage.model_validate_json(line)
+            partition = message_partition(msg.topic_bytes, msg.payload_bytes, msg.verdict, msg.reason)
+            if msg.verdict != "ok":
+                partition = known_unit_partition(partition, known_device)
+            where = (day_name(msg.received_ms), partition)
+        except ValueError:  # ArchiveLineError is one
+            stats.corrupt += 1
+            stats.problems.append(f"{path}:{number}")
+            continue
+        by_partition.setdefault(where, []).append(line)
+    return by_partition
+
+
+def run(archive_dir: Path, *, retention_days: int, poll_s: float, parent_pid: int) -> None:
+    """Fold until SIGTERM or until the parent is gone, then fold once more and return."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    today = None
+    while True:
+        now_day = local_date(int(time.time() * 1000))
+        if now_day != today:
+            today = now_day
+            prune_archive(archive_dir, retention_days, today=today)
+        last = stop.is_set() or os.getppid() != parent_pid
+        try:
+            fold_journals(archive_dir)
+        except OSError as exc:  # a full disk: the journal waits, the next pass tries again
+            log.error("archive: folding failed (%s); trying again", exc)
+        if last:
+            return
+        stop.wait(poll_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ingest.archive_folder", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("archive_dir", type=Path)
+    parser.add_argument("--retention-days", type=int, default=400)
+    parser.add_argument("--poll-s", type=float, default=1.0)
+    parser.add_argument("--parent-pid", type=int, default=os.getppid())
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.nice(NICE)
+    run(args.archive_dir, retention_days=args.retention_days, poll_s=args.poll_s, parent_pid=args.parent_pid)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
