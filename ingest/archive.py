@@ -406,6 +406,9 @@ class FolderProcess:
                 str(os.getpid()),
             ],
             stdin=subprocess.DEVNULL,
+            # its own process group: a signal to ingest's group (a supervisor's SIGTERM, a terminal's
+            # Ctrl-C) must not end it before ingest's last segment is closed; ingest stops it after that
+            start_new_session=True,
         )
 
     def restart_if_dead(self) -> bool:
