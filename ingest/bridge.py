@@ -1069,8 +1069,8 @@ class IngestBridge:
     def handle_raw(self, topic: bytes, payload: bytes) -> None:
         """Feed one message to the receive path as the MQTT client would (QoS 0: no ack), without a broker.
 
-        For the fuzz bench's in-process mode and tests: topics here may be bytes no broker
-        would pass on (invalid UTF-8, control characters).
+        For the fuzz bench's in-process mode and tests, one thread at a time: topics here may be
+        bytes no broker would pass on (invalid UTF-8, control characters).
         """
         self._receive_whole(topic, payload, 0, 0)
 
