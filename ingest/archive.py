@@ -34,7 +34,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -402,10 +401,8 @@ class FolderProcess:
                 str(self.retention_days),
                 "--poll-s",
                 str(self.poll_s),
-                "--parent-pid",
-                str(os.getpid()),
             ],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # its end (EOF) says stop: at close(), or when ingest dies
             # its own process group: a signal to ingest's group (a supervisor's SIGTERM, a terminal's
             # Ctrl-C) must not end it before ingest's last segment is closed; ingest stops it after that
             start_new_session=True,
@@ -423,11 +420,14 @@ class FolderProcess:
         return True
 
     def stop(self, timeout: float) -> None:
-        """SIGTERM: it folds what no live writer holds, then ends."""
+        """Its stdin closed: it folds what no live writer holds, then ends. Not a signal: one that came
+        before its handler was set (a stop right after a start) would end it without that fold."""
         process = self.process
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -440,6 +440,9 @@ class FolderProcess:
             process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
+        if process is not None and process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
 
     @property
     def pid(self) -> int | None:

@@ -7,9 +7,9 @@ live process holds (``flock``): rotated ones of the running ingest, and those of
 appends each partition's lines as one gzip member and deletes the segment. A crash in between
 leaves lines in both places; readers drop the repeat (``sesmon.contract.archive``).
 
-It ends after a last pass when ingest sends SIGTERM (a clean stop: no journal left) or when
-ingest is gone (a kill: the segment it held is folded too). Days older than the retention are
-deleted at its start and when the local day changes.
+It ends after a last pass when its stdin ends: ingest closes it at a clean stop (no journal
+left), and the kernel does when ingest dies (a kill: the segment it held is folded too). Days
+older than the retention are deleted at its start and when the local day changes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -120,18 +121,24 @@ def _line_partitions(
     return by_partition
 
 
-def run(archive_dir: Path, *, retention_days: int, poll_s: float, parent_pid: int) -> None:
-    """Fold until SIGTERM or until the parent is gone, then fold once more and return."""
+def run(archive_dir: Path, *, retention_days: int, poll_s: float) -> None:
+    """Fold until stdin ends (ingest closed it, or ingest is gone) or SIGTERM, then fold once more."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def wait_for_eof() -> None:
+        sys.stdin.buffer.read()  # ingest holds the other end: EOF when it closes it or dies
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, name="parent-watch", daemon=True).start()
     today = None
     while True:
         now_day = local_date(int(time.time() * 1000))
         if now_day != today:
             today = now_day
             prune_archive(archive_dir, retention_days, today=today)
-        last = stop.is_set() or os.getppid() != parent_pid
+        last = stop.is_set()
         try:
             fold_journals(archive_dir)
         except OSError as exc:  # a full disk: the journal waits, the next pass tries again
@@ -148,11 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("archive_dir", type=Path)
     parser.add_argument("--retention-days", type=int, default=400)
     parser.add_argument("--poll-s", type=float, default=1.0)
-    parser.add_argument("--parent-pid", type=int, default=os.getppid())
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.nice(NICE)
-    run(args.archive_dir, retention_days=args.retention_days, poll_s=args.poll_s, parent_pid=args.parent_pid)
+    run(args.archive_dir, retention_days=args.retention_days, poll_s=args.poll_s)
     return 0
 
 

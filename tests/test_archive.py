@@ -671,3 +671,19 @@ def test_kill_9_of_ingest_loses_no_acked_message(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_stop_right_after_the_start_still_folds_everything(tmp_path: Path) -> None:
+    """close() while the folder is still starting (importing): it must fold, not just die (CI saw a
+    SIGTERM end a folder before its handler was set, leaving the journal of a clean stop)."""
+    archive = tmp_path / "archive"
+    journal = ArchiveJournal(archive).start()
+    messages = _telemetry(20)
+    _Receiver(journal, lambda *_args: None).feed(
+        b"".join(_publish_packet(t, p, i + 1) for i, (t, p) in enumerate(messages)), 4096
+    )
+    journal.close()
+    assert journal.folder is not None and journal.folder.process is not None
+    assert journal.folder.process.returncode == 0
+    assert list((archive / JOURNAL_DIR).iterdir()) == []
+    assert [(m.topic_bytes, m.payload_bytes) for m in _everything(archive)] == messages
