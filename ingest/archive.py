@@ -63,6 +63,7 @@ from sesmon.contract.archive import (
     message_partition,
     raw_record,
 )
+from sesmon.runtime.mqtt_wire import packet
 
 log = logging.getLogger("sesmon.ingest.archive")
 
@@ -72,7 +73,6 @@ NO_TS_REASONS = frozenset({"oversize", "too_deep", "not_json", "bad_topic"})
 FOLDER_STOP_S = 60.0  # close(): how long the folder may take to fold the last segment
 FOLDER_RESTART_S = 10.0  # a folder that died is started again at most this often
 COUNTERS = (
-    "chunks",  # receive chunks journalled
     "notes",  # messages noted (anything but a valid device reading)
     "journal_bytes",
     "segments",  # journal segments opened
@@ -225,7 +225,8 @@ class ArchiveJournal:
     def snapshot(self) -> dict[str, Any]:
         return {
             **{f"archive_{name}": value for name, value in self.counters.items()},
-            "archive_queue": len(self._queue) // 2,
+            "archive_chunks": self._chunk_no,  # receive chunks journalled (or queued for it)
+            "archive_queue": self._queued - self._written,  # records not yet written
             "archive_folder_pid": self.folder.pid if self.folder is not None else None,
         }
 
@@ -257,15 +258,8 @@ class ArchiveJournal:
         QoS 0 PUBLISH of its own; returns its seq (0: a topic no MQTT packet can hold, not archived)."""
         if len(topic) > 0xFFFF:
             return 0
-        body_length = 2 + len(topic) + len(payload)
-        length = bytearray()
-        while True:
-            byte, body_length = body_length & 0x7F, body_length >> 7
-            length.append(byte | 0x80 if body_length else byte)
-            if not body_length:
-                break
-        packet = b"\x30" + bytes(length) + len(topic).to_bytes(2, "big") + topic + payload
-        return self.add_chunk(received_ms, packet) << SEQ_SHIFT
+        publish = packet(0x30, len(topic).to_bytes(2, "big") + topic + payload)
+        return self.add_chunk(received_ms, publish) << SEQ_SHIFT
 
     def note_skip(self, seq: int) -> None:
         """A message ingest did not take (our own output coming back, a stop under way): not archived."""
@@ -332,7 +326,6 @@ class ArchiveJournal:
         self._queue.clear()
         self._written = self._queued
         self.counters["journal_bytes"] += len(data)
-        self.counters["chunks"] = self._chunk_no
 
     def _rotate(self, received_ms: int, carried: bytes) -> None:
         """A new segment: the old one written whole and released to the folder; the unfinished packet
@@ -416,6 +409,7 @@ class FolderProcess:
             "archive: the folder process ended (status %s); starting it again (the journal waited)",
             process.returncode,
         )
+        self.kill()  # already ended: this closes our end of its stdin
         self.start()
         return True
 

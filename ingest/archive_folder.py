@@ -22,11 +22,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from ingest.archive import append_member, known_unit_partition
+from ingest.archive import append_member
 from sesmon.contract.archive import (
     RAW_JOURNAL_SUFFIX,
     ArchivedMessage,
@@ -46,19 +44,14 @@ log = logging.getLogger("sesmon.ingest.archive_folder")
 NICE = 10  # below the stages: the journal can wait, a reading cannot
 
 
-def fold_journals(
-    archive_dir: Path, *, keep: Path | None = None, known_device: Callable[[str], Any] | None = None
-) -> int:
+def fold_journals(archive_dir: Path) -> int:
     """Fold every journal segment no live writer holds into the partition files; returns lines folded.
 
-    A segment whose ``flock`` is held belongs to a live writer and is left alone (``keep``: ours).
-    A segment with an unreadable part is renamed ``.bad`` after folding the rest (kept for a human).
-    ``known_device``: for format-1 (``.jsonl``) segments, whose dead letters carry no partition.
+    A segment whose ``flock`` is held belongs to a live writer and is left alone. A segment with an
+    unreadable part is renamed ``.bad`` after folding the rest (kept for a human).
     """
     folded = 0
     for path in journal_segments(archive_dir):
-        if keep is not None and path == keep:
-            continue
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
@@ -74,18 +67,19 @@ def fold_journals(
             if path.suffix == RAW_JOURNAL_SUFFIX:
                 by_partition = _raw_partitions(path, stats)
             else:
-                by_partition = _line_partitions(path, stats, known_device)
+                by_partition = _line_partitions(path, stats)
             for (day, partition), lines in by_partition.items():
                 target = partition_path(archive_dir, day, partition)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 append_member(target, lines)
-                folded += len(lines)
+            lines_folded = sum(map(len, by_partition.values()))
+            folded += lines_folded
             if stats.corrupt:
                 log.error("archive: %s has unreadable parts (%s); kept as .bad", path, stats.problems[:3])
                 os.replace(path, path.with_suffix(".bad"))
             else:
                 os.unlink(path)
-            log.debug("archive: folded %s (%d lines)", path.name, folded)
+            log.debug("archive: folded %s (%d lines)", path.name, lines_folded)
         finally:
             os.close(fd)
     return folded
@@ -101,17 +95,14 @@ def _raw_partitions(path: Path, stats: ReadStats) -> dict[tuple[str, str], list[
     return by_partition
 
 
-def _line_partitions(
-    path: Path, stats: ReadStats, known_device: Callable[[str], Any] | None
-) -> dict[tuple[str, str], list[bytes]]:
-    """A format-1 segment (JSON lines, written by an ingest before the raw journal)."""
+def _line_partitions(path: Path, stats: ReadStats) -> dict[tuple[str, str], list[bytes]]:
+    """A format-1 segment (JSON lines, written by an ingest before the raw journal). Its dead letters
+    carry no partition and the folder has no registry: a unit's go to that unit's file."""
     by_partition: dict[tuple[str, str], list[bytes]] = {}
     for number, line in journal_lines(path, stats, strict=False):
         try:
             msg = ArchivedMessage.model_validate_json(line)
             partition = message_partition(msg.topic_bytes, msg.payload_bytes, msg.verdict, msg.reason)
-            if msg.verdict != "ok":
-                partition = known_unit_partition(partition, known_device)
             where = (day_name(msg.received_ms), partition)
         except ValueError:  # ArchiveLineError is one
             stats.corrupt += 1

@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ingest.archive import ArchiveJournal, ReceiveMark
-from sesmon.contract.archive import SEQ_SHIFT
+from sesmon.contract.archive import SEQ_SHIFT, remaining_length
 from sesmon.runtime.mqtt_wire import (
     DISCONNECT,
     PINGREQ,
@@ -490,7 +490,10 @@ class MqttSession:
             if byte < 0x80:
                 length, start = byte, pos + 2
             else:
-                length, start = self._remaining_length(buf, pos + 1)
+                try:
+                    length, start = remaining_length(buf, pos + 1)
+                except ValueError as exc:
+                    raise MqttProtocolError(str(exc)) from None
                 if length < 0:
                     break  # the length itself is not all here yet
             stop = start + length
@@ -529,20 +532,6 @@ class MqttSession:
         if published:
             self._last_publish_in = time.monotonic()
         return buf[pos:]
-
-    @staticmethod
-    def _remaining_length(buf: bytes, at: int) -> tuple[int, int]:
-        """MQTT's base-128 length at ``at``: (length, where the packet's body starts), (-1, 0) if cut."""
-        length = 0
-        for shift in (0, 7, 14, 21):
-            if at >= len(buf):
-                return -1, 0
-            byte = buf[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return length, at
-        raise MqttProtocolError("remaining length longer than 4 bytes")
 
     def _control(self, header: int, body: bytes) -> None:
         kind = header >> 4

@@ -639,24 +639,34 @@ class RawJournalError(ValueError):
     """A raw journal that does not follow its format: where and what."""
 
 
+def remaining_length(buf: bytes, at: int) -> tuple[int, int]:
+    """MQTT's base-128 remaining length at ``at``: (length, where the packet's body starts), or
+    (-1, 0) when ``buf`` ends inside it; ValueError past 4 bytes (the protocol's limit). The one
+    decoder of ingest's MQTT session and of the raw journal's reader."""
+    length = 0
+    for shift in (0, 7, 14, 21):
+        if at >= len(buf):
+            return -1, 0
+        byte = buf[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return length, at
+    raise ValueError("remaining length longer than 4 bytes")
+
+
 def _publishes(buf: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
     """(offset, topic, payload) of each whole PUBLISH in ``buf``, and where the unfinished rest starts."""
     found = []
     pos, end = 0, len(buf)
     while end - pos >= 2:
         header = buf[pos]
-        length, shift, at = 0, 0, pos + 1
-        while True:
-            if at >= end:
-                return found, pos  # the length itself is cut
-            byte = buf[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                raise RawJournalError(f"offset {pos}: remaining length longer than 4 bytes")
+        try:
+            length, at = remaining_length(buf, pos + 1)
+        except ValueError as exc:
+            raise RawJournalError(f"offset {pos}: {exc}") from None
+        if length < 0:
+            break  # the length itself is cut
         stop = at + length
         if stop > end:
             break
@@ -994,4 +1004,5 @@ __all__ = [
     "raw_journal_lines",
     "raw_record",
     "read_partition",
+    "remaining_length",
 ]
