@@ -72,6 +72,9 @@ MAX_SEGMENT_BYTES = 64 * 1024 * 1024  # ... or when a segment holds this much
 NO_TS_REASONS = frozenset({"oversize", "too_deep", "not_json", "bad_topic"})
 FOLDER_STOP_S = 60.0  # close(): how long the folder may take to fold the last segment
 FOLDER_RESTART_S = 10.0  # a folder that died is started again at most this often
+#: what ingest writes to the folder's stdin before closing it at a clean stop (its segment is closed
+#: by then); an end of stdin without it means ingest died
+FOLDER_STOP_WORD = b"stop\n"
 COUNTERS = (
     "notes",  # messages noted (anything but a valid device reading)
     "journal_bytes",
@@ -421,6 +424,7 @@ class FolderProcess:
             return
         if process.stdin is not None:
             with contextlib.suppress(OSError):
+                process.stdin.write(FOLDER_STOP_WORD)
                 process.stdin.close()
         try:
             process.wait(timeout)

@@ -18,13 +18,14 @@ import argparse
 import fcntl
 import logging
 import os
+import select
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from ingest.archive import append_member
+from ingest.archive import FOLDER_STOP_WORD, append_member
 from sesmon.contract.archive import (
     RAW_JOURNAL_SUFFIX,
     ArchivedMessage,
@@ -42,6 +43,7 @@ from sesmon.contract.time import local_date
 log = logging.getLogger("sesmon.ingest.archive_folder")
 
 NICE = 10  # below the stages: the journal can wait, a reading cannot
+PARENT_EXIT_WAIT_S = 30.0  # ingest died: how long the last pass waits for its exit to complete
 
 
 def fold_journals(archive_dir: Path) -> int:
@@ -117,12 +119,17 @@ def run(archive_dir: Path, *, retention_days: int, poll_s: float) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    parent = os.pidfd_open(os.getppid())  # readable once ingest has exited (Linux 5.3)
 
-    def wait_for_eof() -> None:
-        sys.stdin.buffer.read()  # ingest holds the other end: EOF when it closes it or dies
+    def wait_for_stop() -> None:
+        said = sys.stdin.buffer.read()  # ingest holds the other end: EOF when it closes it or dies
+        if said != FOLDER_STOP_WORD:
+            # ingest died: the kernel closes this pipe before it releases the journal segment's
+            # lock, so the last pass waits until ingest has exited (or it would skip that segment)
+            select.select([parent], [], [], PARENT_EXIT_WAIT_S)
         stop.set()
 
-    threading.Thread(target=wait_for_eof, name="parent-watch", daemon=True).start()
+    threading.Thread(target=wait_for_stop, name="parent-watch", daemon=True).start()
     today = None
     while True:
         now_day = local_date(int(time.time() * 1000))
