@@ -25,7 +25,7 @@ class AlertInbox:
 
     def __init__(self, settings: Settings, pattern: str = "sesmon/v1/alerts/#", timeout: float = 30) -> None:
         self.items: list[tuple[str, dict[str, Any]]] = []
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()  # notified on every alert: wait() wakes at once
         subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-inbox-{id(self)}")
         self.client.on_message = self._on_message
@@ -39,28 +39,40 @@ class AlertInbox:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
             self.items.append((msg.topic, orjson.loads(msg.payload)))
+            self.lock.notify_all()
 
     def firing(self) -> list[tuple[str, dict[str, Any]]]:
         with self.lock:
             return [(t, a) for t, a in self.items if a["state"] == "firing"]
 
     def wait(self, predicate: Any, timeout: float) -> bool:
+        """Until ``predicate(self)`` holds, looked at again on every alert (and every second, for a
+        predicate that also reads something else); False after ``timeout`` s."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return True
-            time.sleep(0.2)
-        return bool(predicate(self))
+        with self.lock:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.lock.wait(min(remaining, 1.0))
+        return True
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, every: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` s pass (False): for state of another
+    thread or process that has no event to wait on (a counter, a file, a server). Never a fixed
+    sleep before an assertion: the deadline is only an upper bound."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(every)
+    return True
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> None:
-    """Poll ``predicate`` until it holds or ``timeout`` s pass; the assertion names ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    assert predicate(), f"timed out after {timeout} s waiting for {what}"
+    """:func:`wait_until`, asserting; the assertion names ``what``."""
+    assert wait_until(predicate, timeout, every), f"timed out after {timeout} s waiting for {what}"
 
 
 def end_offsets(settings: Settings, streams: list[str], timeout: float = 30) -> dict[tuple[str, int], int]:
@@ -91,22 +103,23 @@ def wait_caught_up(settings: Settings, group: str, streams: list[str], timeout: 
     """
     ends = end_offsets(settings, streams)
     asker = Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False}))
-    deadline = time.monotonic() + timeout
     behind: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def caught_up() -> bool:
+        committed = asker.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
+        behind.clear()
+        for tp in committed:
+            end = ends[(tp.topic, tp.partition)]
+            if end > 0 and tp.offset < end:
+                behind[(tp.topic, tp.partition)] = (tp.offset, end)
+        return not behind
+
     try:
-        while time.monotonic() < deadline:
-            committed = asker.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
-            behind = {
-                (tp.topic, tp.partition): (tp.offset, ends[(tp.topic, tp.partition)])
-                for tp in committed
-                if ends[(tp.topic, tp.partition)] > 0 and tp.offset < ends[(tp.topic, tp.partition)]
-            }
-            if not behind:
-                return
-            time.sleep(0.2)
+        assert wait_until(caught_up, timeout, every=0.2), (
+            f"group {group} not caught up in {timeout} s: (committed, end) {behind}"
+        )
     finally:
         asker.close()
-    raise AssertionError(f"group {group} not caught up in {timeout} s: (committed, end) {behind}")
 
 
 def wait_ingested(settings: Settings, published: int, timeout: float = 60) -> None:

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -23,6 +22,7 @@ from sesmon.runtime.kafka import ensure_topics, make_producer
 from sesmon.runtime.retry import call_with_retry
 from sesmon.runtime.services import ManagedProcess, ServiceError, free_port, mosquitto_path, start_kafka
 from sesmon.runtime.settings import Settings
+from tests.pipeline_support import wait_until
 from tests.test_alerts_crash import PageInbox
 
 
@@ -40,16 +40,6 @@ def alert(alert_id: str, level: Level = Level.P1, state: str = "firing") -> Aler
         changed_at=1_795_300_000_000,
         state=state,  # type: ignore[arg-type]
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
-    """Poll a counter or durable record until it says so (no sleep-then-assert)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def produce(settings: Settings, alerts: list[Alert]) -> None:

@@ -36,7 +36,7 @@ from sesmon.runtime.kafka import ensure_topics, make_producer
 from sesmon.runtime.services import free_port
 from sesmon.runtime.settings import Settings
 from tests.conftest import drain
-from tests.test_alerts import wait_until
+from tests.pipeline_support import wait_until
 from tests.test_alerts_crash import PageInbox
 from tests.test_alerts_webhooks import Receiver, receiver  # noqa: F401  (the HTTP receiver fixture)
 

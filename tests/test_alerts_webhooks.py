@@ -26,6 +26,7 @@ from alerts.webhooks import (
     WebhookSender,
     verify_signature,
 )
+from tests.pipeline_support import wait_until
 
 DEADLINE_S = 60.0
 SECRET = b"per-receiver-secret"
@@ -338,8 +339,6 @@ def test_stop_returns_within_its_bound_while_a_receiver_hangs(
     assert outcomes.dead[-1][3] == "stopped"
     receiver.release.set()  # the hung request now completes: it is not reported a second time
     assert receiver.finished["/hang"].wait(DEADLINE_S)
-    deadline = time.monotonic() + DEADLINE_S
-    while sender.pending() and time.monotonic() < deadline:  # the worker has taken in the late answer
-        time.sleep(0.01)
+    wait_until(lambda: not sender.pending(), DEADLINE_S, every=0.01)  # the late answer taken in
     assert sender.pending() == 0
     assert [r[1] for r in outcomes.results].count(in_flight[0]) == 1

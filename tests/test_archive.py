@@ -54,7 +54,7 @@ from sesmon.runtime.kafka import ensure_topics
 from sesmon.runtime.mqtt_wire import packet
 from sesmon.runtime.settings import Settings
 from tests.conftest import mqtt_client, publish_all, reading
-from tests.pipeline_support import stage_env
+from tests.pipeline_support import stage_env, wait_for
 
 T0 = 1_795_300_000_000  # a fixed device clock
 UNIT_A, UNIT_B = "44010600012019000001", "44010600012019000002"
@@ -456,23 +456,19 @@ def test_an_older_ingests_journal_of_json_lines_is_still_read_and_folded(tmp_pat
 
 def test_the_folder_process_folds_rotated_segments_and_ends_with_close(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
-    journal = ArchiveJournal(archive, flush_s=0.2).start()
+    journal = ArchiveJournal(archive, max_segment_bytes=1000).start()  # segments by size, not by time
     receiver = _Receiver(journal, lambda *_args: None)
     messages = _telemetry(40)
     packets = [_publish_packet(t, p, i + 1) for i, (t, p) in enumerate(messages)]
     folder = journal.folder
     assert folder is not None and folder.process is not None
-    deadline = time.monotonic() + 60
-    sent = 0
-    while not any(archive.glob("*/*.jsonl.gz")):  # a rotated segment, folded while ingest runs
-        assert time.monotonic() < deadline, "the folder folded nothing"
-        if sent < len(packets) - 1:
-            receiver.feed(packets[sent], 4096)
-            sent += 1
-        journal.write_pending()
-        time.sleep(0.05)
-    receiver.feed(b"".join(packets[sent:]), 4096)
-    journal.close()  # SIGTERM: the folder folds the last segment, then ends
+    receiver.feed(b"".join(packets[:30]), 400)  # rotates several times: those segments are released
+    journal.write_pending()
+    # a rotated segment folded while "ingest" runs (the folder is another process: no event to wait on)
+    wait_for(lambda: any(archive.glob("*/*.jsonl.gz")), 60, "the folder to fold a rotated segment")
+    assert journal.counters["segments"] > 1
+    receiver.feed(b"".join(packets[30:]), 400)
+    journal.close()  # stdin closed: the folder folds the last segment, then ends
     assert folder.process.returncode == 0
     assert list((archive / JOURNAL_DIR).iterdir()) == []
     assert [(m.topic_bytes, m.payload_bytes) for m in _everything(archive)] == messages
@@ -545,13 +541,6 @@ def test_ingest_archives_every_message_it_acks_valid_and_dead(
     assert snapshot.get("archive_ack_waits", 0) == 0  # journalled before produced: no ack waited
 
 
-def _wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def test_acks_wait_while_the_journal_cannot_be_written(settings: Settings, fleet_registry: Registry) -> None:
     """A journal write that fails (disk full): the records still go to Kafka, but no message is acked
     (nor counted produced) until a later poll round writes it; then every message is archived once."""
@@ -567,8 +556,8 @@ def test_acks_wait_while_the_journal_cannot_be_written(settings: Settings, fleet
     try:
         for topic, payload in messages:
             client.publish(topic, payload, qos=1)
-        _wait_for(lambda: bridge.counters["archive_ack_waits"] > 0, "a delivered record whose acks wait")
-        _wait_for(lambda: archive.counters["write_errors"] > 1, "the poll thread to try the write again")
+        wait_for(lambda: bridge.counters["archive_ack_waits"] > 0, 60, "a delivered record whose acks wait")
+        wait_for(lambda: archive.counters["write_errors"] > 1, 60, "the poll thread to try the write again")
         assert bridge.counters["produced"] == 0 and archive._written == 0
         with archive._lock:
             archive._fd = journal_fd
@@ -663,8 +652,8 @@ def test_kill_9_of_ingest_loses_no_acked_message(
         assert len(acked) >= total // 10, "too little acked before the kill for the test to mean anything"
         assert acked <= archived
         # the killed ingest's folder (its child, now an orphan) folds the journal it left, then ends
-        _wait_for(
-            lambda: not list((archive / JOURNAL_DIR).iterdir()), "the orphaned folder to fold the journal"
+        wait_for(
+            lambda: not list((archive / JOURNAL_DIR).iterdir()), 60, "the orphaned folder to fold the journal"
         )
         assert {m.payload_bytes for m in _everything(archive, NOW)} == archived
     finally:

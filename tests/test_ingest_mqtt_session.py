@@ -33,6 +33,7 @@ from sesmon.runtime.services import ManagedProcess, free_port, mosquitto_conf, m
 from sesmon.runtime.settings import Settings
 from simulators.fleet import generate_fleet
 from tests.conftest import drain_envelopes, publish_all, reading
+from tests.pipeline_support import wait_until
 
 NOW = 1_795_299_000_000
 
@@ -192,6 +193,8 @@ def test_broker_restart_mid_stream_loses_nothing_acknowledged(
     acking = threading.Thread(target=acker, daemon=True)
     acking.start()
     publisher = paho_publisher(mqtt_server.port, client_id="restart-pub", clean_session=False)
+    connected = threading.Event()
+    publisher.on_connect = lambda *_args: connected.set()
     acked: set[int] = set()
     restarted: ManagedProcess | None = None
     try:
@@ -199,11 +202,10 @@ def test_broker_restart_mid_stream_loses_nothing_acknowledged(
             infos = [(n, publisher.publish("s/n", str(n).encode(), qos=1)) for n in range(chunk, chunk + 500)]
             acked |= {n for n, info in infos if acknowledged(info)}
             if chunk == 1000:
+                connected.clear()
                 mqtt_server.stop()  # SIGTERM: mosquitto writes its store
                 restarted = start_mqtt(tmp_path / "mqtt", port=mqtt_server.port)
-                deadline = time.monotonic() + 30
-                while not publisher.is_connected() and time.monotonic() < deadline:
-                    time.sleep(0.05)  # paho reconnects by itself: wait for it, not for a fixed time
+                connected.wait(30)  # paho reconnects by itself: its on_connect says when
         assert len(acked) >= 2500, len(acked)
         seen: set[int] = set()
         looked = [0]
@@ -698,9 +700,7 @@ def test_the_probe_round_trips_through_mosquitto_without_reaching_the_stage(
         probe_topic="sesmon/probe/sess-probe",
         probe_after_s=0.2,
     ).start()
-    deadline = time.monotonic() + 60
-    while session.probes < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: session.probes >= 3, 60)  # counted by the session's thread: no event to wait on
     assert session.probes >= 3  # a probe is sent only once the one before it came back
     assert session.stuck_reconnects == 0 and session.connects == 1 and inbox.messages == []
     session.close()

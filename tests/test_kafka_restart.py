@@ -31,7 +31,7 @@ from sesmon.runtime.settings import Settings
 from sesmon.runtime.supervisor import Supervisor
 from simulators.fleet import generate_fleet
 from tests.conftest import clock_date
-from tests.pipeline_support import AlertInbox, stage_env
+from tests.pipeline_support import AlertInbox, stage_env, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,18 @@ class Tansu:
         """SIGTERM, wait until the port is free (Tansu needs > 2 s), start again; seconds taken."""
         began = time.monotonic()
         self.server.stop()
-        deadline = began + timeout
-        while wait_for_port(self.port, 0.2) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        while True:
+        wait_until(lambda: not wait_for_port(self.port, 0.2), timeout, every=0.2)
+
+        def started() -> bool:
             try:
                 self.server = start_kafka(self.workdir, port=self.port)
-                return time.monotonic() - began
             except ServiceError:  # AddrInUse: the old socket is not released yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+                return False
+            return True
+
+        if not wait_until(started, max(0.0, began + timeout - time.monotonic()), every=0.5):
+            self.server = start_kafka(self.workdir, port=self.port)  # the last try: its error says why
+        return time.monotonic() - began
 
     def stop(self) -> None:
         self.server.stop()

@@ -41,6 +41,7 @@ from sesmon.contract.registry import Registry, Unit
 from sesmon.runtime.kafka import make_producer, make_reader
 from sesmon.runtime.settings import Settings
 from store.points import PointMaker
+from tests.pipeline_support import wait_until
 
 GZ = timezone(timedelta(hours=8))
 MIN = 60_000
@@ -612,9 +613,7 @@ def test_kafka_duplicates_restart_and_a_late_report(settings: Settings) -> None:
         assert row["time"] == NOW and row["fields"]["accidents_per_10k"] == 200.0
         assert row["fields"]["trapped"] == 2 and row["fields"]["units_online"] == 29
         stage = running.stage
-        deadline = time.monotonic() + 30
-        while stage.counters["records"] < 2 * len(records) + 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: stage.counters["records"] >= 2 * len(records) + 2, 30)
         assert stage.counters["bad_records"] == 2
         assert stage.counters["repeats"] >= stage.counters["folded"] > 0
         running.stop()

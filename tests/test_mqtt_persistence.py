@@ -7,6 +7,7 @@ by progress, and every acknowledged reading must reach Kafka.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def test_mosquitto_restart_loses_no_acknowledged_reading(
     sent: list[tuple[int, mqtt.MQTTMessageInfo]] = []
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="persist-pub", clean_session=False)
     publisher.reconnect_delay_set(0.1, 1)
+    connected = threading.Event()
+    publisher.on_connect = lambda *_args: connected.set()
     publisher.connect("127.0.0.1", mqtt_server.port)
     publisher.loop_start()
     restarted: ManagedProcess | None = None
@@ -62,11 +65,10 @@ def test_mosquitto_restart_loses_no_acknowledged_reading(
                 wait_acked(info)
             sent += batch
             if chunk == RESTART_AFTER:  # progress, not a timer: the broker has acked 6,500
+                connected.clear()
                 mqtt_server.stop()  # SIGTERM: mosquitto writes its store and exits
                 restarted = start_mqtt(tmp_path / "mqtt", port=mqtt_server.port)
-                deadline = time.monotonic() + 30
-                while not publisher.is_connected() and time.monotonic() < deadline:
-                    time.sleep(0.05)  # paho reconnects by itself; wait for it, not a fixed time
+                connected.wait(30)  # paho reconnects by itself: its on_connect says when
         acked = {seq for seq, info in sent if acknowledged(info)}
         assert len(acked) >= N - 1_000, len(acked)
         expected = set(acked)

@@ -521,15 +521,6 @@ def _wait_evaluated(settings: Settings, count: int, timeout: float = 60) -> None
     assert done(drain(settings, ["pipeline"], done, timeout=timeout)), f"the worker did not evaluate {count}"
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    assert predicate(), f"{what} within {timeout} s"
-
-
 @pytest.fixture
 def scenario_pipeline(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, Registry, Any, Any]]:
     """The trapped_landing scenario's fleet as the registry, and the stages running on it."""
@@ -559,7 +550,7 @@ def test_a_scenario_run_live_then_replayed_gives_the_same_pages_and_touches_noth
     scenario_pipeline: tuple[Settings, Registry, Any, Any], tmp_path: Path
 ) -> None:
     from tests.conftest import mqtt_client, publish_all
-    from tests.pipeline_support import end_offsets, wait_caught_up, wait_ingested
+    from tests.pipeline_support import end_offsets, wait_caught_up, wait_for, wait_ingested
 
     settings, registry, scenario, stop_stages = scenario_pipeline
     units = scenario.select_units(None)
@@ -590,7 +581,7 @@ def test_a_scenario_run_live_then_replayed_gives_the_same_pages_and_touches_noth
     try:
         for chunk in chunks:
             if not escalated and chunk[0].t >= split:
-                _wait_for(
+                wait_for(
                     lambda: any(p["change"] == "escalation:2" for p in _live_pages(settings.data_dir)),
                     120,
                     "live escalated the trapped passenger to level 2",

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from sesmon.contract.registry import write_registry
 from sesmon.contract.schemas import parse_mqtt
+from sesmon.runtime.services import wait_for_port
 from simulators.engine import FleetSim, SimOptions
 from simulators.fleet import generate_fleet
 from simulators.publisher import FleetPublisher, build_sim, run_simulation
@@ -53,14 +54,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     proc = subprocess.Popen(
         [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
+    if not wait_for_port(port, 10, proc):
         proc.kill()
         raise RuntimeError("mosquitto did not start")
     yield port

@@ -27,18 +27,9 @@ from sesmon.runtime.kafka import ensure_topics, loads, make_reader
 from sesmon.runtime.settings import Settings
 from sesmon.runtime.supervisor import RestartPolicy, StageEvent, Supervisor
 from simulators.fleet import generate_fleet
-from tests.pipeline_support import stage_env
+from tests.pipeline_support import stage_env, wait_until
 
 FAST = RestartPolicy(initial_delay_s=0.05, max_delay_s=0.4, jitter_s=0.05, healthy_after_s=60)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def script(code: str) -> list[str]:
@@ -110,22 +101,22 @@ def test_stop_ends_stages_in_reverse_order_and_kills_one_that_ignores_sigterm(tm
 
     def polite(name: str) -> list[str]:
         return script(f"""
-            import signal, sys, time
+            import signal, sys
             def bye(*_):
                 open({str(order)!r}, "a").write({name!r} + "\\n")
                 sys.exit(0)
             signal.signal(signal.SIGTERM, bye)
             print("ready", flush=True)
             while True:
-                time.sleep(1)
+                signal.pause()  # until SIGTERM
         """)
 
     stubborn = script("""
-        import signal, time
+        import signal
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("ready", flush=True)
         while True:
-            time.sleep(1)
+            signal.pause()  # SIGTERM is ignored: only SIGKILL ends it
     """)
     supervisor = Supervisor(policy=FAST)
     stages = [
