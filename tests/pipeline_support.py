@@ -46,16 +46,21 @@ class AlertInbox:
             return [(t, a) for t, a in self.items if a["state"] == "firing"]
 
     def wait(self, predicate: Any, timeout: float) -> bool:
-        """Until ``predicate(self)`` holds, looked at again on every alert (and every second, for a
-        predicate that also reads something else); False after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self.lock.wait(min(remaining, 1.0))
-        return True
+        """Until ``predicate(self)`` holds (looked at again on every alert); False after ``timeout`` s."""
+        return wait_notified(self.lock, lambda: predicate(self), timeout)
+
+
+def wait_notified(changed: threading.Condition, check: Callable[[], Any], timeout: float) -> bool:
+    """Until ``check()`` holds, looked at again whenever ``changed`` is notified (and every second,
+    for a check that also reads something else); False after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    with changed:
+        while not check():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            changed.wait(min(remaining, 1.0))
+    return True
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, every: float = 0.05) -> bool:

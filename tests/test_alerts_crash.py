@@ -22,6 +22,7 @@ from sesmon.app.demo import Stage
 from sesmon.contract.schemas import Alert, Level
 from sesmon.runtime.kafka import ensure_topics, make_producer
 from sesmon.runtime.settings import Settings
+from tests.pipeline_support import wait_notified
 
 KILLS = 5
 PAGES_BETWEEN_KILLS = 400  # each run delivers this many more pages before it is killed
@@ -77,14 +78,7 @@ class PageInbox:
             return [(topic, page["idempotency_key"]) for topic, page in self.pages]
 
     def wait(self, predicate: Callable[[PageInbox], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self.changed.wait(min(remaining, 1.0))
-        return True
+        return wait_notified(self.changed, lambda: predicate(self), timeout)
 
     def wait_quiet(self, quiet_s: float, timeout: float) -> bool:
         """Until no page has arrived for ``quiet_s`` (the pages a dead publisher left have landed)."""
